@@ -1,0 +1,40 @@
+"""Activations, including ReLU with a chosen derivative at 0.
+
+PyTorch's ReLU uses ``relu'(0) = 0``. That convention matters exactly where growth puts
+units: an identity layer after a ReLU layer (SensLI eq. 2.6) receives pre-activations that
+are exactly 0 for every inactive unit, and GradMax's zero-initialised incoming weights give
+new neurons a pre-activation of exactly 0. ``relu'(0) = 1`` is the GradMax paper's choice
+("relu1"); ``relu'(0) = 1/2`` is what symmetric finite differences see.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _ReLUWithSlopeAtZero(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, slope_at_zero: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.slope_at_zero = slope_at_zero
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        slope = (x > 0).to(grad.dtype) + ctx.slope_at_zero * (x == 0).to(grad.dtype)
+        return grad * slope, None
+
+
+def relu_with_slope_at_zero(x: torch.Tensor, slope_at_zero: float) -> torch.Tensor:
+    """ReLU whose backward pass uses ``relu'(0) = slope_at_zero``."""
+    return _ReLUWithSlopeAtZero.apply(x, slope_at_zero)
+
+
+ACTIVATIONS = {
+    "relu": torch.relu,                                            # relu'(0) = 0 (PyTorch)
+    "relu_half": lambda x: relu_with_slope_at_zero(x, 0.5),        # relu'(0) = 1/2
+    "relu1": lambda x: relu_with_slope_at_zero(x, 1.0),            # relu'(0) = 1 (GradMax)
+    "tanh": torch.tanh,
+}
+RELUS = ("relu", "relu_half", "relu1")

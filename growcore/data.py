@@ -1,0 +1,83 @@
+"""Data sets of the study.
+
+The spiral set is the one of the SensLI paper (section 3, Fig. 3.1), generated exactly as in
+the authors' public code, but split by a seeded permutation so that the split is the same on
+every machine (the public code's split depends on file-system order).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/test split held as tensors (full-batch training needs no loader)."""
+
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Split:
+        """The same split on ``device``, features cast to ``dtype`` if given."""
+        def move(X: torch.Tensor) -> torch.Tensor:
+            return X.to(device=device, dtype=dtype or X.dtype)
+
+        return Split(move(self.X_train), self.y_train.to(device), move(self.X_test),
+                     self.y_test.to(device))
+
+    def minibatches(self, batch_size: int | None, generator: torch.Generator | None = None):
+        """One epoch of training batches; ``batch_size=None`` gives the full batch once."""
+        n = len(self.y_train)
+        if batch_size is None or batch_size >= n:
+            yield self.X_train, self.y_train
+            return
+        order = torch.randperm(n, generator=generator).to(self.y_train.device)
+        for start in range(0, n, batch_size):
+            index = order[start:start + batch_size]
+            yield self.X_train[index], self.y_train[index]
+
+
+def spiral_points(n_per_class: int = 300, r0: float = 0.5, turns: float = 1.0):
+    """The two noise-free spirals of SensLI section 3.
+
+    For ``i = 0..N-1``: ``phi_i = 2 pi turns i / N``, ``r_i = r0 + turns i / N``; class 0 is
+    ``-r_i (cos phi_i, sin phi_i)`` and class 1 is ``+r_i (cos phi_i, sin phi_i)``.
+
+    Returns
+    -------
+    X : ndarray of shape (2 N, 2), float64
+    y : ndarray of shape (2 N,), int64 (class 0 first, then class 1)
+    """
+    i = np.arange(n_per_class)
+    phi = 2 * math.pi * turns * i / n_per_class
+    r = r0 + turns * i / n_per_class
+    arm = np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1)
+    X = np.concatenate([-arm, arm])
+    y = np.concatenate([np.zeros(n_per_class), np.ones(n_per_class)]).astype(np.int64)
+    return X, y
+
+
+def spiral(n_per_class: int = 300, test_fraction: float = 0.25, seed: int = 0,
+           r0: float = 0.5, turns: float = 1.0, dtype: torch.dtype = torch.float32) -> Split:
+    """The SensLI spiral set split into train and test by a seeded, portable permutation.
+
+    With the defaults: 600 points, 450 for training and 150 for testing, as in the paper.
+    NumPy's PCG64 generator gives the same permutation on every platform.
+    """
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    X, y = spiral_points(n_per_class, r0, turns)
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_test = round(test_fraction * len(y))
+    test, train = order[:n_test], order[n_test:]
+    as_x = lambda a: torch.as_tensor(a, dtype=dtype)  # noqa: E731
+    as_y = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
+    return Split(as_x(X[train]), as_y(y[train]), as_x(X[test]), as_y(y[test]))

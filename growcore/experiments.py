@@ -1,0 +1,102 @@
+"""Experiments on small, seed-batched networks, described by plain configuration dicts.
+
+A configuration fully determines a run; the run is recorded with
+:func:`growcore.results.save_record` and the record is returned, so figures are drawn from
+exactly what was saved.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from growcore import results
+from growcore.data import spiral
+from growcore.how import IdentityLayer
+from growcore.models import build
+from growcore.train import GrowthPlan, train
+from growcore.when import AtIterations
+from growcore.where import SensLI
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def spiral_config(model: str, widths: list[int], seeds: list[int], iterations: int, lr: float,
+                  insert_at: int | None = None, select: str = "max",
+                  normalisation: str = "paper", lr_factor: float = 1.0,
+                  resnet_W1_scale: float = 0.8, activation: str | None = None,
+                  optimizer: str = "sgd", momentum: float = 0.0, batch_size: int | None = None,
+                  split_seed: int = 0, dtype: str = "float32", eval_every: int = 1) -> dict:
+    """Configuration of one spiral experiment (SensLI section 3); see :func:`run_spiral`.
+
+    ``insert_at=None`` trains the fixed architecture; otherwise one layer is inserted at that
+    iteration where the SensLI merit selects (``select="max"``: LI, ``"min"``: LI_other).
+    """
+    growth = None
+    if insert_at is not None:
+        growth = {"at": insert_at, "select": select, "normalisation": normalisation,
+                  "lr_factor": lr_factor, "resnet_W1_scale": resnet_W1_scale}
+    return {"data": {"name": "spiral", "n_per_class": 300, "test_fraction": 0.25,
+                     "split_seed": split_seed},
+            "model": {"kind": model, "widths": list(widths),
+                      "activation": activation or ("relu" if model == "fnn" else "tanh")},
+            "seeds": list(seeds), "iterations": iterations,
+            "optimizer": {"name": optimizer, "lr": lr, "momentum": momentum,
+                          "batch_size": batch_size},
+            "growth": growth, "dtype": dtype, "eval_every": eval_every}
+
+
+def plan_from(growth: dict | None) -> GrowthPlan | None:
+    """The GrowthPlan of a configuration's ``growth`` entry."""
+    if growth is None:
+        return None
+    how = IdentityLayer(growth["resnet_W1_scale"])
+    where = SensLI(select=growth["select"], normalisation=growth["normalisation"], how=how)
+    return GrowthPlan(AtIterations(growth["at"]), where, how, growth["lr_factor"])
+
+
+def run_spiral(name: str, config: dict, *, directory=None, preset: str = "cpu",
+               device: str = "cpu", batched: bool = True, progress: bool = True,
+               save: bool = True) -> dict:
+    """Run a spiral experiment for all its seeds and return (and save) its record.
+
+    Parameters
+    ----------
+    batched : bool
+        True: all seeds as one seed-batched tensor program; False: one seed at a time (the
+        reference the batched run must reproduce).
+    """
+    data = config["data"]
+    dtype = DTYPES[config["dtype"]]
+    split = spiral(data["n_per_class"], data["test_fraction"], data["split_seed"],
+                   dtype=dtype).to(device)
+    groups = [config["seeds"]] if batched else [[s] for s in config["seeds"]]
+    start, histories = time.perf_counter(), []
+    for seeds in groups:
+        spec = config["model"]
+        model = build(spec["kind"], spec["widths"], seeds, activation=spec["activation"],
+                      dtype=dtype).to(device)
+        opt = config["optimizer"]
+        final, history = train(model, split, iterations=config["iterations"], lr=opt["lr"],
+                               optimizer=opt["name"], momentum=opt["momentum"],
+                               batch_size=opt["batch_size"], plan=plan_from(config["growth"]),
+                               eval_every=config["eval_every"], progress=progress, desc=name)
+        histories.append(history.as_dict())
+    record = {"name": name, "created": results.now(), "preset": preset, "config": config,
+              "seeds": config["seeds"], "environment": results.environment(device),
+              "wall_time_s": time.perf_counter() - start, "batched_seeds": batched,
+              "final_model": final.spec(), "metrics": _merge(histories)}
+    if save:
+        record["path"] = str(results.save_record(record, directory or results.results_dir()))
+    return record
+
+
+def _merge(histories: list[dict]) -> dict:
+    """Concatenate per-seed metrics of runs done one seed group at a time."""
+    merged = dict(histories[0])
+    for key in ("loss", "test_error"):
+        merged[key] = [row for h in histories for row in h[key]]
+    merged["events"] = [h["events"] for h in histories] if len(histories) > 1 else merged["events"]
+    merged["wall_time"] = histories[0]["wall_time"]
+    return merged

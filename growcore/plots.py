@@ -1,0 +1,72 @@
+"""Plots drawn from result records: mean over seeds with a confidence band."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95  # level of the band around the mean over seeds
+
+
+def mean_band(Y, level: float = CONFIDENCE):
+    """Mean over seeds (axis 0) and the half-width of the t confidence interval of the mean."""
+    Y = np.asarray(Y, dtype=float)
+    mean = Y.mean(axis=0)
+    n = Y.shape[0]
+    if n < 2:
+        return mean, np.zeros_like(mean)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * Y.std(axis=0, ddof=1) / np.sqrt(n)
+    return mean, half
+
+
+def band(ax, x, Y, label: str, color=None, level: float = CONFIDENCE, **kwargs):
+    """Draw the mean of ``Y`` ([S, T]) against ``x`` with its confidence band."""
+    mean, half = mean_band(Y, level)
+    (line,) = ax.plot(x, mean, label=label, color=color, **kwargs)
+    ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2, lw=0)
+    return line
+
+
+def growth_iterations(record: dict) -> list[int]:
+    """Iterations at which the run of ``record`` grew."""
+    events = record["metrics"]["events"]
+    flat = [e for group in events for e in group] if events and isinstance(events[0], list) \
+        else events
+    return sorted({e["iteration"] for e in flat})
+
+
+def curves(ax, records: dict[str, dict], metric: str = "loss", x: str = "iteration",
+           mark_growth: bool = True, colors=None):
+    """Plot ``metric`` of several records (label -> record), mean and band over seeds.
+
+    ``x="iteration"`` or ``x="cost_flops"`` (cumulative training cost, growth steps included).
+    """
+    for i, (label, record) in enumerate(records.items()):
+        metrics = record["metrics"]
+        Y = np.asarray(metrics[metric])
+        xs = np.arange(Y.shape[1]) if x == "iteration" else np.asarray(metrics[x])
+        color = colors[i] if colors else None
+        line = band(ax, xs, Y, f"{label} (n={Y.shape[0]})", color=color)
+        if mark_growth:
+            for t in growth_iterations(record):
+                ax.axvline(xs[t], color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel({"iteration": "iteration", "cost_flops": "cumulative training FLOPs"}[x])
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend(fontsize="small")
+    return ax
+
+
+def loss_and_error(records: dict[str, dict], x: str = "iteration", title: str | None = None,
+                   colors=None, log_loss: bool = False):
+    """Loss (top) and test error (bottom) of several records, as in the paper's figures."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    curves(top, records, "loss", x, colors=colors)
+    curves(bottom, records, "test_error", x, colors=colors)
+    if log_loss:
+        top.set_yscale("log")
+    if title:
+        top.set_title(title)
+    bottom.get_legend().remove()
+    fig.tight_layout()
+    return fig

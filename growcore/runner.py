@@ -1,0 +1,215 @@
+"""Execute the book's notebooks with papermill under a named preset.
+
+Every notebook ``notebooks/<name>.ipynb`` has a preset file ``presets/<name>.yml``: a
+mapping with the sections ``smoke``, ``cpu`` and ``gpu``, each a mapping of notebook
+parameter to value (an empty section means the notebook's own defaults). The runner
+checks everything it was asked to run before executing anything, then executes each
+notebook with papermill and writes it, atomically, to ``<out>/<name>.ipynb``.
+
+Command line::
+
+    python -m growcore.runner --preset smoke|cpu|gpu [--nb NAME ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PRESETS = ("smoke", "cpu", "gpu")
+KERNEL_NAME = "python3"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+PRESETS_DIR = REPO_ROOT / "presets"
+DEFAULT_OUT = REPO_ROOT / "book" / "chapters"
+
+
+class RunnerError(ValueError):
+    """A preset, a notebook name or a parameter that cannot be run."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One notebook to execute: where it is and the parameters papermill injects."""
+
+    name: str
+    path: Path
+    parameters: dict
+
+
+def available_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[str]:
+    """Names (file stems) of the notebooks in ``notebooks_dir``, sorted."""
+    return sorted(p.stem for p in Path(notebooks_dir).glob("*.ipynb"))
+
+
+def load_preset(name: str, preset: str, presets_dir: Path = PRESETS_DIR) -> dict:
+    """The parameters of notebook ``name`` under ``preset``, read from its preset file."""
+    path = Path(presets_dir) / f"{name}.yml"
+    if not path.is_file():
+        raise RunnerError(f"notebook {name!r} has no preset file {path}")
+    sections = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(sections, dict):
+        raise RunnerError(f"{path} must be a mapping with sections {', '.join(PRESETS)}")
+    unknown = sorted(set(sections) - set(PRESETS))
+    if unknown:
+        raise RunnerError(f"{path}: unknown section(s) {unknown}; valid: {', '.join(PRESETS)}")
+    if preset not in sections:
+        raise RunnerError(f"{path} has no section {preset!r}")
+    parameters = sections[preset] or {}
+    if not isinstance(parameters, dict):
+        raise RunnerError(f"{path}: section {preset!r} must map parameter names to values")
+    return dict(parameters)
+
+
+def check_parameters(name: str, path: Path, parameters: dict) -> None:
+    """Stop if a parameter is not declared in the notebook's ``parameters`` cell."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(path))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        valid = ", ".join(sorted(declared)) or "(no parameters cell)"
+        raise RunnerError(
+            f"notebook {name!r}: parameter(s) {', '.join(unknown)} not in its parameters cell; "
+            f"valid: {valid}"
+        )
+
+
+def plan(
+    preset: str,
+    names: list[str] | None = None,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    presets_dir: Path = PRESETS_DIR,
+) -> list[Job]:
+    """Resolve and check every job before any of them runs.
+
+    Raises
+    ------
+    RunnerError
+        For an unknown preset, an unknown notebook, a missing preset file or section, or a
+        preset parameter that the notebook does not declare. The message names the culprit
+        and lists what is valid.
+    """
+    if preset not in PRESETS:
+        raise RunnerError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    available = available_notebooks(notebooks_dir)
+    names = list(names) if names else available
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise RunnerError(
+            f"unknown notebook(s) {', '.join(unknown)} in {notebooks_dir}; "
+            f"valid: {', '.join(available) or '(none)'}"
+        )
+    jobs = []
+    for name in names:
+        path = Path(notebooks_dir) / f"{name}.ipynb"
+        parameters = {**load_preset(name, preset, presets_dir), "preset": preset}
+        check_parameters(name, path, parameters)
+        jobs.append(Job(name, path, parameters))
+    return jobs
+
+
+def kernel_python() -> str:
+    """The interpreter the ``python3`` kernel will start (a bare "python" means this one)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    executable = KernelSpecManager().get_kernel_spec(KERNEL_NAME).argv[0]
+    return sys.executable if executable in ("python", "python3") else executable
+
+
+def execute(job: Job, out: Path, progress_bar: bool = True) -> float:
+    """Execute one job into ``out/<name>.ipynb`` via a temporary file; return wall seconds."""
+    import papermill
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{job.name}.", suffix=".ipynb", dir=out)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the result is an ordinary file
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(job.path),
+            tmp,
+            parameters=job.parameters,
+            kernel_name=KERNEL_NAME,
+            progress_bar=progress_bar,
+            cwd=str(job.path.parent),
+        )
+    except BaseException:
+        failed = out / f"{job.name}.failed.ipynb"
+        os.replace(tmp, failed)
+        print(f"{job.name}: failed; the partly executed notebook is {failed}", file=sys.stderr)
+        raise
+    os.replace(tmp, out / f"{job.name}.ipynb")
+    return time.perf_counter() - start
+
+
+def run_notebooks(
+    preset: str,
+    names: list[str] | None = None,
+    out: Path | str = DEFAULT_OUT,
+    notebooks_dir: Path | str = NOTEBOOKS_DIR,
+    presets_dir: Path | str = PRESETS_DIR,
+    progress_bar: bool = True,
+) -> dict[str, float]:
+    """Execute notebooks under ``preset``; return the wall time in seconds per notebook.
+
+    Parameters
+    ----------
+    preset
+        One of ``PRESETS``.
+    names
+        Notebook names (file stems); all notebooks in ``notebooks_dir`` when None.
+    out
+        Folder that receives ``<name>.ipynb`` (created if missing).
+    notebooks_dir, presets_dir
+        Where the notebooks and their preset files live (the repository's by default).
+    progress_bar
+        Show papermill's per-cell progress bar.
+    """
+    jobs = plan(preset, names, Path(notebooks_dir), Path(presets_dir))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"preset {preset}: {len(jobs)} notebook(s), kernel {KERNEL_NAME} -> {kernel_python()}")
+    times = {}
+    for job in jobs:
+        times[job.name] = execute(job, out, progress_bar)
+        print(f"{job.name}: {times[job.name]:.1f} s -> {out / (job.name + '.ipynb')}")
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m growcore.runner",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)}")
+    parser.add_argument(
+        "--nb",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help="notebook name(s) without .ipynb (default: all)",
+    )
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
+    args = parser.parse_args(argv)
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        run_notebooks(args.preset, args.nb, args.out)
+    except RunnerError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except PapermillExecutionError as error:
+        parser.exit(1, f"{parser.prog}: a cell failed: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""SensLI building blocks: data, models, identity insertion, gradient identities, KKT, merits."""
+
+import numpy as np
+import pytest
+import torch
+
+from growcore.data import spiral, spiral_points
+from growcore.how import IdentityLayer
+from growcore.losses import per_seed_cross_entropy
+from growcore.models import build
+from growcore.ops import insert_layers
+from growcore.sensitivity import (base_gradient, extended_problem, first_order_check,
+                                  solve_kkt)
+from growcore.where import SensLI, extended_gradients, sensli_merits
+
+EXACT = 1e-12      # float64 operations that should agree to rounding
+FD_TOL = 1e-7      # finite differences (step 1e-6, float64) against backpropagation
+SEEDS = [0, 1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return spiral(dtype=torch.float64)
+
+
+def test_spiral_matches_the_paper():
+    X, y = spiral_points()
+    assert X.shape == (600, 2) and (y == 0).sum() == 300
+    # class 1 starts at +r0 (1, 0), class 0 at -r0 (1, 0); radius grows to r0 + turns (N-1)/N
+    np.testing.assert_allclose(X[300], [0.5, 0.0])
+    np.testing.assert_allclose(X[0], [-0.5, 0.0])
+    np.testing.assert_allclose(np.linalg.norm(X[-1]), 0.5 + 299 / 300)
+
+
+def test_spiral_split_is_seeded_and_a_partition():
+    a, b, c = (spiral(seed=s, dtype=torch.float64) for s in (0, 0, 1))
+    assert a.X_train.shape == (450, 2) and a.X_test.shape == (150, 2)
+    assert torch.equal(a.X_train, b.X_train) and not torch.equal(a.X_train, c.X_train)
+    every = torch.cat([a.X_train, a.X_test])
+    X, _ = spiral_points()
+    assert sorted(map(tuple, every.numpy())) == sorted(map(tuple, X))
+
+
+@pytest.mark.parametrize("kind, widths, count", [
+    ("fnn", [5], 27), ("fnn", [5, 5], 57), ("resnet", [3, 3], 33), ("resnet", [3, 3, 3], 54)])
+def test_parameter_counts_of_table_3_1(kind, widths, count):
+    assert build(kind, widths, [0]).num_parameters() == count
+
+
+def test_insertion_grows_to_the_larger_architecture():
+    for kind, small, big in [("fnn", [5], [5, 5]), ("resnet", [3, 3], [3, 3, 3])]:
+        model = build(kind, small, [0])
+        grown = insert_layers(model, [1], IdentityLayer()).model
+        assert grown.num_parameters() == build(kind, big, [0]).num_parameters()
+
+
+@pytest.mark.parametrize("kind, widths", [("fnn", [4, 3, 5]), ("resnet", [3, 3, 3, 3])])
+def test_identity_insertion_preserves_the_function(kind, widths, data):
+    model = build(kind, widths, SEEDS, dtype=torch.float64)
+    before = model(data.X_test)
+    positions = model.insertion_positions()
+    for k in positions:
+        grown = insert_layers(model, [k] * len(SEEDS), IdentityLayer()).model
+        assert torch.allclose(grown(data.X_test), before, atol=EXACT, rtol=0)
+    extended = insert_layers(model, [positions] * len(SEEDS), IdentityLayer()).model
+    assert torch.allclose(extended(data.X_test), before, atol=EXACT, rtol=0)
+
+
+def test_insertion_at_different_positions_per_seed(data):
+    model = build("fnn", [4, 4], SEEDS, dtype=torch.float64)
+    growth = insert_layers(model, [1, 2, 2, 1], IdentityLayer())
+    assert torch.allclose(growth.model(data.X_test), model(data.X_test), atol=EXACT, rtol=0)
+    # seed 0 got its new layer at list index 1, seed 1 at index 2
+    assert growth.sources["hidden.1.W"][:2] == [None, "hidden.1.W"]
+    assert growth.sources["hidden.2.W"][:2] == ["hidden.1.W", None]
+    assert growth.status("hidden.1.W") == "mixed" and growth.status("hidden.0.W") == "old"
+
+
+def test_a_non_identity_initialisation_changes_the_function(data):
+    """Guards the preservation tests: a wrong init must be detected."""
+    model = build("resnet", [3, 3], [0], dtype=torch.float64)
+
+    def not_identity(m, k, s):
+        layer = IdentityLayer()(m, k, s)
+        return {**layer, "W2": torch.ones_like(layer["W2"])}
+
+    grown = insert_layers(model, [1], not_identity).model
+    assert not torch.allclose(grown(data.X_test), model(data.X_test), atol=1e-6)
+
+
+def test_identity_fnn_layer_needs_relu():
+    model = build("fnn", [3], [0], activation="tanh")
+    with pytest.raises(ValueError, match="ReLU"):
+        insert_layers(model, [1], IdentityLayer())
+
+
+def test_invalid_positions_are_named():
+    model = build("resnet", [3, 3], [0])
+    with pytest.raises(ValueError, match=r"valid positions k .*\[1\]"):
+        insert_layers(model, [2], IdentityLayer())
+
+
+def _single_example_grads(model, data, i, names):
+    loss = per_seed_cross_entropy(model(data.X_train[i:i + 1]), data.y_train[i:i + 1]).sum()
+    params = dict(model.named_parameters())
+    return dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names])))
+
+
+def test_resnet_gradient_identities_2_5(data):
+    """(2.5a-c): after inserting a block with W2 = 0, dL/dW1 = dL/db = 0 and
+    dL/dW2 = sum_i dL/dx_i^k sigma(W1 x_i^{k-1} + b)^T."""
+    model = build("resnet", [3, 3, 3], [0], dtype=torch.float64)
+    grown = insert_layers(model, [1], IdentityLayer(0.8)).model
+    new = grown.blocks[0]
+    x_prev = grown.hidden_states(data.X_train)[1].detach()   # x^{k-1}, input of the new block
+    # dL/dx^k: the rest of the network applied to x^k = x^{k-1} as an independent leaf
+    x_k = x_prev.clone().requires_grad_(True)
+    x = x_k
+    for block in grown.blocks[1:]:
+        x = x + torch.tanh(x @ block.W1.transpose(1, 2) + block.b.unsqueeze(1)) @ \
+            block.W2.transpose(1, 2)
+    logits = x @ grown.output[0].W.transpose(1, 2)
+    (dl_dxk,) = torch.autograd.grad(per_seed_cross_entropy(logits, data.y_train).sum(), x_k)
+    grads = torch.autograd.grad(per_seed_cross_entropy(grown(data.X_train), data.y_train).sum(),
+                                [new.W1, new.b, new.W2])
+    assert grads[0].abs().max() == 0 and grads[1].abs().max() == 0
+    act = torch.tanh(x_prev[0] @ new.W1[0].T + new.b[0])
+    expected = dl_dxk[0].T @ act
+    assert torch.allclose(grads[2][0], expected, atol=EXACT)
+    assert grads[2].abs().max() > 0
+
+
+def test_fnn_gradient_identities_2_7(data):
+    """(2.7a/b) per data point: dL/dW = sigma'(x^k) (W^{k+1})^T dL/dW^{k+1} and likewise for b."""
+    model = build("fnn", [4, 4], [0], dtype=torch.float64)
+    grown = insert_layers(model, [1], IdentityLayer()).model
+    names = ["hidden.1.W", "hidden.1.b", "hidden.2.W", "hidden.2.b"]
+    checked_nonzero = False
+    for i in range(20):
+        g = _single_example_grads(grown, data, i, names)
+        x_k = grown.hidden_states(data.X_train[i:i + 1])[1][0, 0].detach()
+        sigma_prime = torch.diag((x_k > 0).double())   # PyTorch: relu'(0) = 0
+        W_next = grown.hidden[2].W[0].detach()
+        assert torch.allclose(g["hidden.1.W"][0], sigma_prime @ W_next.T @ g["hidden.2.W"][0],
+                              atol=EXACT)
+        assert torch.allclose(g["hidden.1.b"][0], sigma_prime @ W_next.T @ g["hidden.2.b"][0],
+                              atol=EXACT)
+        checked_nonzero |= bool(g["hidden.1.W"].abs().max() > 0)
+    assert checked_nonzero
+
+
+def test_kkt_multiplier_equals_minus_backprop_gradient(data):
+    """(2.11)/(2.12): solving the KKT system with a finite-difference gradient gives
+    lambda = -grad_new f_ext from backpropagation, and (2.12a) grad_base f_ext = r holds."""
+    model = build("resnet", [3, 3, 3], [0], dtype=torch.float64)
+    problem = extended_problem(model, data, model.insertion_positions())
+    grad_fd = problem.gradient_finite_differences()
+    lam, residual = solve_kkt(problem, base_gradient(model, data), grad_fd)
+    backprop = problem.gradient_backprop()
+    assert residual < FD_TOL
+    assert torch.allclose(lam, -backprop[problem.is_new], atol=FD_TOL)
+    assert lam.abs().max() > 100 * FD_TOL
+
+
+def test_relu_kink_finite_differences_see_half_slope(data):
+    """At the identity init of a ReLU FNN, inactive units sit exactly at the kink: symmetric
+    finite differences match backprop only with relu'(0) = 1/2, not PyTorch's 0."""
+    for activation, agrees in [("relu", False), ("relu_half", True)]:
+        model = build("fnn", [3, 3], [0], dtype=torch.float64, activation=activation)
+        problem = extended_problem(model, data, [1, 2])
+        diff = (problem.gradient_finite_differences() - problem.gradient_backprop()).abs().max()
+        assert (diff < FD_TOL) == agrees
+
+
+def test_first_order_prediction_error_shrinks_linearly(data):
+    model = build("resnet", [3, 3, 3], [0], dtype=torch.float64)
+    problem = extended_problem(model, data, [1])
+    direction = torch.randn(int(problem.is_new.sum()), generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64)
+    steps = [1e-1, 1e-2, 1e-3]
+    actual, predicted = first_order_check(problem, direction, steps)
+    relative = ((actual - predicted) / predicted).abs()
+    assert relative[-1] < 1e-2 and relative[1] / relative[2] == pytest.approx(10, rel=0.2)
+
+
+def test_merit_normalisation_and_selection(data):
+    model = build("fnn", [6, 3], SEEDS, dtype=torch.float64)
+    paper = sensli_merits(model, data, "paper")
+    code = sensli_merits(model, data, "code")
+    widths = torch.tensor([6.0, 3.0], dtype=torch.float64)
+    assert torch.allclose(code, paper * widths**2)
+    chosen_max, info = SensLI("max")(model, data)
+    chosen_min, _ = SensLI("min")(model, data)
+    assert chosen_max == [[1, 2][i] for i in paper.argmax(1)]
+    assert chosen_min == [[1, 2][i] for i in paper.argmin(1)]
+    assert info["merits"] == paper.tolist()
+
+
+def test_merit_is_the_squared_gradient_of_the_virtual_weight(data):
+    model = build("resnet", [3, 3, 3], [0], dtype=torch.float64)
+    merits = sensli_merits(model, data, "code")
+    for p, k in enumerate(model.insertion_positions()):
+        grown = insert_layers(model, [k], IdentityLayer()).model
+        loss = per_seed_cross_entropy(grown(data.X_train), data.y_train).sum()
+        (g,) = torch.autograd.grad(loss, grown.blocks[k - 1].W2)
+        assert merits[0, p] == pytest.approx(float(g.pow(2).sum()), rel=1e-10)
+
+
+def test_minibatch_merit_equals_full_batch(data):
+    model = build("fnn", [4, 4], SEEDS, dtype=torch.float64)
+    full = sensli_merits(model, data)
+    epoch = sensli_merits(model, data, batch_size=64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(full, epoch, rtol=1e-10)
+    _, grads = extended_gradients(model, data, batch_size=64)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_unknown_criterion_options_are_named():
+    with pytest.raises(ValueError, match="select must be one of"):
+        SensLI(select="largest")
+    with pytest.raises(ValueError, match="normalisation must be one of"):
+        SensLI(normalisation="none")

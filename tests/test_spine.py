@@ -1,0 +1,149 @@
+"""The spine: optimiser-state carry, the training loop, batched seeds, records, validation."""
+
+import json
+
+import pytest
+import torch
+
+from growcore import results
+from growcore.data import spiral
+from growcore.experiments import run_spiral, spiral_config
+from growcore.how import IdentityLayer
+from growcore.models import build
+from growcore.ops import insert_layers
+from growcore.optim import make_optimizer, rebuild_optimizer
+from growcore.params import ParameterError, Spec, check, require, validate
+from growcore.when import AtIterations
+
+BATCHED_TOL = 1e-6   # float32: batched and one-seed-at-a-time runs agree to rounding
+
+
+def _stepped(optimizer_name, seeds=(0, 1)):
+    data = spiral()
+    model = build("fnn", [4, 4], list(seeds))
+    opt = make_optimizer(optimizer_name, model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        model(data.X_train).pow(2).mean().backward()
+        opt.step()
+    return model, opt
+
+
+def _state_by_name(model, opt):
+    return {name: opt.state[p] for name, p in model.named_parameters() if p in opt.state}
+
+
+@pytest.mark.parametrize("name, keys", [("sgd", ["momentum_buffer"]),
+                                        ("adam", ["exp_avg", "exp_avg_sq"]),
+                                        ("adamw", ["exp_avg", "exp_avg_sq"])])
+def test_optimiser_state_is_carried_across_insertion(name, keys):
+    model, opt = _stepped(name)
+    growth = insert_layers(model, [1, 1], IdentityLayer())
+    new_opt = rebuild_optimizer(opt, model, growth, lr=0.01)
+    old, new = _state_by_name(model, opt), _state_by_name(growth.model, new_opt)
+    assert new_opt.param_groups[0]["lr"] == 0.01
+    assert "hidden.1.W" not in new                      # the inserted layer starts at zero
+    for key in keys:                                    # shifted layers keep their state
+        assert torch.equal(new["hidden.2.W"][key], old["hidden.1.W"][key])
+        assert torch.equal(new["hidden.0.b"][key], old["hidden.0.b"][key])
+        assert torch.equal(new["output.0.W"][key], old["output.0.W"][key])
+    if name != "sgd":
+        assert float(new["hidden.2.W"]["step"]) == 3
+
+
+def test_mixed_new_and_old_entries_get_zero_momentum():
+    model, opt = _stepped("sgd")
+    growth = insert_layers(model, [1, 2], IdentityLayer())
+    new = _state_by_name(growth.model, rebuild_optimizer(opt, model, growth))
+    old = _state_by_name(model, opt)
+    buffer = new["hidden.1.W"]["momentum_buffer"]
+    assert buffer[0].abs().max() == 0                                  # seed 0: new layer
+    assert torch.equal(buffer[1], old["hidden.1.W"]["momentum_buffer"][1])  # seed 1: old layer
+
+
+def test_adam_refuses_one_step_count_for_mixed_tensors():
+    model, opt = _stepped("adam")
+    growth = insert_layers(model, [1, 2], IdentityLayer())
+    with pytest.raises(ValueError, match="one step count per tensor"):
+        rebuild_optimizer(opt, model, growth)
+
+
+def test_unknown_optimiser_is_named():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        make_optimizer("lbfgs", build("fnn", [3], [0]).parameters(), lr=0.1)
+
+
+def test_at_iterations_policy():
+    when = AtIterations([450, 150])
+    assert [t for t in range(1000) if when(t, None)] == [150, 450]
+    with pytest.raises(ValueError, match="non-negative"):
+        AtIterations(-1)
+
+
+@pytest.mark.parametrize("model, widths, select", [("fnn", [4, 4], "max"),
+                                                   ("resnet", [3, 3, 3], "min")])
+def test_batched_seeds_reproduce_one_seed_at_a_time(model, widths, select):
+    config = spiral_config(model, widths, seeds=[3, 4, 5], iterations=40, lr=0.2,
+                           insert_at=15, select=select, lr_factor=0.8)
+    batched = run_spiral("t", config, batched=True, progress=False, save=False)
+    alone = run_spiral("t", config, batched=False, progress=False, save=False)
+    b, a = batched["metrics"], alone["metrics"]
+    assert torch.allclose(torch.tensor(b["loss"]), torch.tensor(a["loss"]), atol=BATCHED_TOL)
+    assert b["test_error"] == a["test_error"]
+    assert b["events"][0]["chosen"] == [e[0]["chosen"][0] for e in a["events"]]
+    assert b["n_params"] == a["n_params"]
+
+
+def test_training_loop_records_growth_and_cost():
+    config = spiral_config("fnn", [5], seeds=[0, 1], iterations=30, lr=0.2, insert_at=10)
+    record = run_spiral("t", config, progress=False, save=False)
+    m = record["metrics"]
+    assert m["n_params"][9] == 27 and m["n_params"][10] == 57
+    assert len(m["loss"]) == 2 and len(m["loss"][0]) == 30
+    event = m["events"][0]
+    assert event["iteration"] == 10 and event["chosen"] == [1, 1]
+    steps = torch.tensor(m["cost_flops"]).diff()
+    # one step of the grown net costs more; the growth step adds the merit evaluation
+    assert steps[9] > steps[10] > steps[8]   # steps[9] = cost[10] - cost[9]
+    # function preserved at insertion: loss continues smoothly (full-batch GD, small lr)
+    assert abs(m["loss"][0][10] - m["loss"][0][9]) < 0.05
+
+
+def test_records_are_written_atomically_and_never_overwritten(tmp_path):
+    record = {"name": "exp", "config": {"a": 1}, "metrics": {"loss": [1.0]}}
+    first = results.save_record(record, tmp_path)
+    second = results.save_record({**record, "metrics": {"loss": [2.0]}}, tmp_path)
+    assert first != second and first.exists() and second.exists()
+    assert json.loads(first.read_text())["metrics"]["loss"] == [1.0]
+    assert not list(tmp_path.glob(".tmp-*"))
+    assert results.latest("exp", {"a": 1}, tmp_path)["metrics"]["loss"] == [2.0]
+    assert results.latest("exp", {"a": 2}, tmp_path) is None
+
+
+def test_records_describe_how_they_were_made(tmp_path):
+    config = spiral_config("fnn", [3], seeds=[0], iterations=2, lr=0.1)
+    record = run_spiral("describe", config, directory=tmp_path, preset="smoke", progress=False)
+    saved = results.load_record(record["path"])
+    env = saved["environment"]
+    for key in ("code_version", "torch", "numpy", "python", "device"):
+        assert env[key]
+    assert saved["config"] == config and saved["preset"] == "smoke" and saved["wall_time_s"] > 0
+
+
+def test_parameter_validation_names_the_parameter():
+    specs = {"n_seeds": Spec(int, minimum=1), "select": Spec(str, choices=("max", "min")),
+             "sweep": Spec(list, item=int, minimum=0, min_length=1)}
+    good = {"n_seeds": 3, "select": "max", "sweep": [1, 2]}
+    assert validate(good, specs) == good
+    with pytest.raises(ParameterError, match=r"'n_seeds' must be int >= 1; got -3"):
+        validate({**good, "n_seeds": -3}, specs)
+    with pytest.raises(ParameterError, match=r"'select' must be .*one of 'max', 'min'"):
+        validate({**good, "select": "best"}, specs)
+    with pytest.raises(ParameterError, match="'sweep'"):
+        validate({**good, "sweep": [1, -2]}, specs)
+    with pytest.raises(ParameterError, match="'n_seeds'"):
+        check("n_seeds", True, specs["n_seeds"])      # a bool is not an int
+    with pytest.raises(ParameterError, match="missing parameter"):
+        validate({"n_seeds": 1}, specs)
+    with pytest.raises(ParameterError, match="'iterations': must exceed"):
+        require(False, "iterations", "must exceed insertion_iteration")
