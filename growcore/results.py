@@ -2,7 +2,7 @@
 
 A record is one JSON file holding the configuration, the seeds, the code version, the library
 versions, the device, the wall time and the metrics per step. Its file name is
-``<name>--<config hash>--<UTC time>.json``: a second run with the same configuration writes a
+``<name>--<config hash>--<UTC time>-<counter>.json``: a second run with the same configuration writes a
 second file next to the first, and :func:`latest` finds the newest.
 """
 
@@ -56,20 +56,20 @@ def environment(device: str | torch.device = "cpu") -> dict:
 
 
 def save_record(record: dict, directory: str | Path) -> Path:
-    """Write ``record`` as ``<name>--<hash>--<time>.json`` in ``directory``, atomically.
+    """Write ``record`` as ``<name>--<hash>--<time>-<counter>.json`` in ``directory``, atomically.
 
     The file is written to a temporary name and renamed, so a crash never leaves a partial
     record; an existing file is never replaced (a counter is appended instead).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     stem = f"{record['name']}--{config_hash(record['config'])}--{stamp}"
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(record, f)
     for counter in range(1000):
-        path = directory / (stem + (f"-{counter}" if counter else "") + ".json")
+        path = directory / f"{stem}-{counter:03d}.json"  # sorts in order of writing
         try:
             os.link(tmp, path)  # fails if path exists: never overwrite
         except FileExistsError:
