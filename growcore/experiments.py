@@ -15,7 +15,7 @@ from growcore import results
 from growcore.data import spiral
 from growcore.how import IdentityLayer
 from growcore.models import build
-from growcore.train import GrowthPlan, train
+from growcore.train import DivergentGrowth, GrowthPlan, train
 from growcore.when import AtIterations
 from growcore.where import SensLI
 
@@ -71,32 +71,71 @@ def run_spiral(name: str, config: dict, *, directory=None, preset: str = "cpu",
     dtype = DTYPES[config["dtype"]]
     split = spiral(data["n_per_class"], data["test_fraction"], data["split_seed"],
                    dtype=dtype).to(device)
-    groups = [config["seeds"]] if batched else [[s] for s in config["seeds"]]
-    start, histories = time.perf_counter(), []
-    for seeds in groups:
-        spec = config["model"]
-        model = build(spec["kind"], spec["widths"], seeds, activation=spec["activation"],
-                      dtype=dtype).to(device)
-        opt = config["optimizer"]
-        final, history = train(model, split, iterations=config["iterations"], lr=opt["lr"],
-                               optimizer=opt["name"], momentum=opt["momentum"],
-                               batch_size=opt["batch_size"], plan=plan_from(config["growth"]),
-                               eval_every=config["eval_every"], progress=progress, desc=name)
-        histories.append(history.as_dict())
+    pending = [list(config["seeds"])] if batched else [[s] for s in config["seeds"]]
+    start, done, regrouped = time.perf_counter(), [], False
+    while pending:
+        seeds = pending.pop(0)
+        try:
+            done.append((seeds, _train_group(name, config, seeds, split, dtype, device,
+                                             progress)))
+        except DivergentGrowth as divergence:
+            if len(seeds) == 1:
+                raise
+            # seeds chose sites of different shapes: rerun them grouped by their choice
+            groups: dict[str, list[int]] = {}
+            for seed, site in zip(divergence.seeds, divergence.sites):
+                groups.setdefault(repr(site), []).append(seed)
+            pending.extend(groups.values())
+            regrouped = True
     record = {"name": name, "created": results.now(), "preset": preset, "config": config,
               "seeds": config["seeds"], "environment": results.environment(device),
               "wall_time_s": time.perf_counter() - start, "batched_seeds": batched,
-              "final_model": final.spec(), "metrics": _merge(histories)}
+              "seed_groups": [seeds for seeds, _ in done], "regrouped": regrouped,
+              "final_models": [h["final_model"] for _, h in done],
+              "metrics": _merge(done, config["seeds"])}
     if save:
         record["path"] = str(results.save_record(record, directory or results.results_dir()))
     return record
 
 
-def _merge(histories: list[dict]) -> dict:
-    """Concatenate per-seed metrics of runs done one seed group at a time."""
-    merged = dict(histories[0])
-    for key in ("loss", "test_error"):
-        merged[key] = [row for h in histories for row in h[key]]
-    merged["events"] = [h["events"] for h in histories] if len(histories) > 1 else merged["events"]
-    merged["wall_time"] = histories[0]["wall_time"]
-    return merged
+def _train_group(name: str, config: dict, seeds: list[int], split, dtype, device,
+                 progress: bool) -> dict:
+    spec, opt = config["model"], config["optimizer"]
+    model = build(spec["kind"], spec["widths"], seeds, activation=spec["activation"],
+                  dtype=dtype).to(device)
+    final, history = train(model, split, iterations=config["iterations"], lr=opt["lr"],
+                           optimizer=opt["name"], momentum=opt["momentum"],
+                           batch_size=opt["batch_size"], plan=plan_from(config["growth"]),
+                           eval_every=config["eval_every"], progress=progress, desc=name)
+    return {**history.as_dict(), "final_model": final.spec()}
+
+
+def _merge(done: list[tuple[list[int], dict]], seeds: list[int]) -> dict:
+    """Metrics of seed groups, per seed in the configuration's seed order.
+
+    ``loss``, ``test_error``, ``n_params`` and ``cost_flops`` are [S][T]; ``wall_time`` is [T]
+    (summed over groups); ``events`` is a flat list, each event naming its seeds.
+    """
+    rows: dict[str, dict[int, list]] = {k: {} for k in ("loss", "test_error", "n_params",
+                                                        "cost_flops")}
+    wall, events = None, []
+    for group, history in done:
+        for i, seed in enumerate(group):
+            rows["loss"][seed] = history["loss"][i]
+            rows["test_error"][seed] = history["test_error"][i]
+            rows["n_params"][seed] = history["n_params"]
+            rows["cost_flops"][seed] = history["cost_flops"]
+        times = history["wall_time"]
+        wall = times if wall is None else [a + b for a, b in zip(wall, times)]
+        events.extend(history["events"])
+    merged = {key: [by_seed[s] for s in seeds] for key, by_seed in rows.items()}
+    return {**merged, "wall_time": wall, "events": events}
+
+
+def chosen_sites(record: dict, iteration: int | None = None) -> dict[int, object]:
+    """Seed -> the site chosen at the growth step at ``iteration`` (default: the first)."""
+    events = record["metrics"]["events"]
+    if iteration is None:
+        iteration = min(e["iteration"] for e in events)
+    return {seed: site for e in events if e["iteration"] == iteration
+            for seed, site in zip(e["seeds"], e["chosen"])}

@@ -30,10 +30,7 @@ def band(ax, x, Y, label: str, color=None, level: float = CONFIDENCE, **kwargs):
 
 def growth_iterations(record: dict) -> list[int]:
     """Iterations at which the run of ``record`` grew."""
-    events = record["metrics"]["events"]
-    flat = [e for group in events for e in group] if events and isinstance(events[0], list) \
-        else events
-    return sorted({e["iteration"] for e in flat})
+    return sorted({e["iteration"] for e in record["metrics"]["events"]})
 
 
 def curves(ax, records: dict[str, dict], metric: str = "loss", x: str = "iteration",
@@ -45,7 +42,8 @@ def curves(ax, records: dict[str, dict], metric: str = "loss", x: str = "iterati
     for i, (label, record) in enumerate(records.items()):
         metrics = record["metrics"]
         Y = np.asarray(metrics[metric])
-        xs = np.arange(Y.shape[1]) if x == "iteration" else np.asarray(metrics[x])
+        # per-seed x values (e.g. cost) are averaged: they differ only if seeds grew differently
+        xs = np.arange(Y.shape[1]) if x == "iteration" else np.asarray(metrics[x]).mean(axis=0)
         color = colors[i] if colors else None
         line = band(ax, xs, Y, f"{label} (n={Y.shape[0]})", color=color)
         if mark_growth:

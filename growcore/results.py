@@ -2,8 +2,8 @@
 
 A record is one JSON file holding the configuration, the seeds, the code version, the library
 versions, the device, the wall time and the metrics per step. Its file name is
-``<name>--<config hash>--<UTC time>-<counter>.json``: a second run with the same configuration writes a
-second file next to the first, and :func:`latest` finds the newest.
+``<name>--<config hash>--<UTC time>-<counter>.json``: a second run with the same configuration
+writes a second file next to the first, and :func:`latest` finds the newest.
 """
 
 from __future__ import annotations

@@ -11,10 +11,11 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: no widgets (they need remote scripts in the book)
 
 from growcore.data import Split
 from growcore.losses import per_seed_cross_entropy, per_seed_error
+from growcore.models.seed_batched import SeedShapeMismatch
 from growcore.ops import insert_layers
 from growcore.optim import make_optimizer, rebuild_optimizer
 
@@ -117,12 +118,28 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
 def grow(model, opt, split: Split, plan: GrowthPlan):
     """One growth step: where -> how -> ops -> optimiser state carried."""
     sites, info = plan.where(model, split)
-    growth = insert_layers(model, sites, plan.how)
+    try:
+        growth = insert_layers(model, sites, plan.how)
+    except SeedShapeMismatch as error:
+        raise DivergentGrowth(model.seeds, sites) from error
     lr = opt.param_groups[0]["lr"] * plan.lr_factor
     opt = rebuild_optimizer(opt, model, growth, lr=lr)
-    info = {**info, "n_params_before": model.num_parameters(),
+    info = {**info, "seeds": list(model.seeds), "n_params_before": model.num_parameters(),
             "n_params_after": growth.model.num_parameters(), "lr_after": lr}
     return growth.model, opt, info
+
+
+class DivergentGrowth(Exception):
+    """Seeds of a batched model chose growth sites that give different shapes.
+
+    Carries the seeds and their sites so the caller can regroup the seeds by site and rerun
+    each group as its own batch (training is deterministic per seed, so the regrouped runs
+    reproduce the original ones up to the growth step).
+    """
+
+    def __init__(self, seeds: list[int], sites: list):
+        super().__init__(f"seeds {seeds} chose growth sites {sites} of different shapes")
+        self.seeds, self.sites = list(seeds), list(sites)
 
 
 def _endless(split: Split, batch_size: int | None, generator: torch.Generator):

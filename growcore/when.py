@@ -34,7 +34,7 @@ class AtIterations(WhenPolicy):
         its = [iterations] if isinstance(iterations, int) else list(iterations)
         if any(int(i) != i or i < 0 for i in its):
             raise ValueError(f"iterations must be non-negative integers, got {its}")
-        self.iterations = sorted(set(int(i) for i in its))
+        self.iterations = sorted({int(i) for i in its})
 
     def __call__(self, iteration: int, history) -> bool:
         return iteration in self.iterations

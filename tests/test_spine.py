@@ -1,5 +1,6 @@
 """The spine: optimiser-state carry, the training loop, batched seeds, records, validation."""
 
+import itertools
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from growcore import results
 from growcore.data import spiral
-from growcore.experiments import run_spiral, spiral_config
+from growcore.experiments import chosen_sites, run_spiral, spiral_config
 from growcore.how import IdentityLayer
 from growcore.models import build
 from growcore.ops import insert_layers
@@ -90,7 +91,8 @@ def test_batched_seeds_reproduce_one_seed_at_a_time(model, widths, select):
     b, a = batched["metrics"], alone["metrics"]
     assert torch.allclose(torch.tensor(b["loss"]), torch.tensor(a["loss"]), atol=BATCHED_TOL)
     assert b["test_error"] == a["test_error"]
-    assert b["events"][0]["chosen"] == [e[0]["chosen"][0] for e in a["events"]]
+    assert chosen_sites(batched) == chosen_sites(alone)
+    assert batched["seed_groups"] == [[3, 4, 5]] and alone["seed_groups"] == [[3], [4], [5]]
     assert b["n_params"] == a["n_params"]
 
 
@@ -98,15 +100,36 @@ def test_training_loop_records_growth_and_cost():
     config = spiral_config("fnn", [5], seeds=[0, 1], iterations=30, lr=0.2, insert_at=10)
     record = run_spiral("t", config, progress=False, save=False)
     m = record["metrics"]
-    assert m["n_params"][9] == 27 and m["n_params"][10] == 57
+    assert m["n_params"][0][9] == 27 and m["n_params"][1][10] == 57
     assert len(m["loss"]) == 2 and len(m["loss"][0]) == 30
     event = m["events"][0]
-    assert event["iteration"] == 10 and event["chosen"] == [1, 1]
-    steps = torch.tensor(m["cost_flops"]).diff()
+    assert event["iteration"] == 10 and event["chosen"] == [1, 1] and event["seeds"] == [0, 1]
+    steps = torch.tensor(m["cost_flops"][0]).diff()
     # one step of the grown net costs more; the growth step adds the merit evaluation
     assert steps[9] > steps[10] > steps[8]   # steps[9] = cost[10] - cost[9]
     # function preserved at insertion: loss continues smoothly (full-batch GD, small lr)
     assert abs(m["loss"][0][10] - m["loss"][0][9]) < 0.05
+
+
+def test_seeds_choosing_different_shapes_are_regrouped():
+    """FNN [8, 3]: seeds that insert after different layers get different widths; the run
+    splits them into groups by choice and still reproduces one-seed-at-a-time runs."""
+    seeds = list(range(8))
+    config = spiral_config("fnn", [8, 3], seeds=seeds, iterations=30, lr=0.2, insert_at=20,
+                           normalisation="code")
+    batched = run_spiral("t", config, progress=False, save=False)
+    alone = run_spiral("t", config, batched=False, progress=False, save=False)
+    chosen = chosen_sites(batched)
+    assert len(set(chosen.values())) == 2, "the test needs seeds that disagree"
+    assert batched["regrouped"] and sorted(itertools.chain(*batched["seed_groups"])) == seeds
+    assert chosen == chosen_sites(alone)
+    assert torch.allclose(torch.tensor(batched["metrics"]["loss"]),
+                          torch.tensor(alone["metrics"]["loss"]), atol=BATCHED_TOL)
+    n_final = {s: batched["metrics"]["n_params"][s][-1] for s in seeds}
+    assert {n_final[s] for s in seeds if chosen[s] == 1} == {2 * 8 + 8 + 8 * 8 + 8 + 8 * 3 + 3
+                                                            + 3 * 2 + 2}
+    assert {n_final[s] for s in seeds if chosen[s] == 2} == {2 * 8 + 8 + 8 * 3 + 3 + 3 * 3 + 3
+                                                            + 3 * 2 + 2}
 
 
 def test_records_are_written_atomically_and_never_overwritten(tmp_path):

@@ -1,6 +1,6 @@
-"""Models of the study. Small nets are *seed-batched*: S independent copies in one tensor program."""
+"""Models of the study. Small nets are *seed-batched*: S independent copies, one tensor program."""
 
-from growcore.models.seed_batched import SeedBatchedFNN, SeedBatchedResNet, SeedBatchedNet
+from growcore.models.seed_batched import SeedBatchedFNN, SeedBatchedNet, SeedBatchedResNet
 
 __all__ = ["SeedBatchedFNN", "SeedBatchedNet", "SeedBatchedResNet", "build"]
 

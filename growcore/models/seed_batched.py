@@ -14,6 +14,7 @@ shapes agree.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -128,7 +129,7 @@ class SeedBatchedFNN(SeedBatchedNet):
             g = torch.Generator().manual_seed(int(seed))
             per_seed.append([{"W": default_uniform((o, i), i, g, dtype),
                               "b": default_uniform((o,), i, g, dtype)}
-                             for i, o in zip(sizes[:-1], sizes[1:])])
+                             for i, o in itertools.pairwise(sizes)])
         layers = stack_seeds(per_seed)
         return cls({"hidden": layers[:-1], "output": layers[-1:]}, seeds, activation)
 
@@ -261,6 +262,10 @@ def _check_widths(widths: list[int]) -> None:
         raise ValueError(f"widths must be a non-empty list of positive integers, got {widths}")
 
 
+class SeedShapeMismatch(ValueError):
+    """Seeds of a seed-batched model grew into different shapes and cannot share tensors."""
+
+
 def stack_seeds(per_seed: list[list[Layer]]) -> list[Layer]:
     """Stack per-seed layer lists into one list of seed-batched layers.
 
@@ -277,8 +282,9 @@ def stack_seeds(per_seed: list[list[Layer]]) -> list[Layer]:
         for name in names:
             shapes = {tuple(layers[j][name].shape) for layers in per_seed}
             if len(shapes) != 1:
-                raise ValueError(
-                    f"layer {j} tensor {name!r} has different shapes across seeds {sorted(shapes)}; "
+                raise SeedShapeMismatch(
+                    f"layer {j} tensor {name!r} has different shapes across seeds "
+                    f"{sorted(shapes)}; "
                     "a seed-batched model needs equal shapes: run these seeds separately")
             layer[name] = torch.stack([layers[j][name] for layers in per_seed])
         stacked.append(layer)

@@ -1,0 +1,71 @@
+"""Shared fixtures: the book built once per session from the notebooks in the smoke preset."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from growcore.runner import REPO_ROOT, run_notebooks
+
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book/*.md", "book/references.bib")
+
+
+@dataclass
+class SmokeBook:
+    """A book built in a temporary folder; nothing in the repository is touched."""
+
+    root: Path  # copy of the book sources; executed notebooks in root/book/chapters
+    results: Path  # GROWCORE_RESULTS of the notebook runs
+    times: dict  # wall seconds per notebook
+    build: subprocess.CompletedProcess
+
+    @property
+    def html(self) -> Path:
+        return self.root / "_build" / "html"
+
+
+def copy_book_sources(root: Path) -> None:
+    for pattern in BOOK_SOURCES:
+        for source in REPO_ROOT.glob(pattern):
+            target = root / source.relative_to(REPO_ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def build_book(root: Path) -> subprocess.CompletedProcess:
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    command = [
+        str(jupyter_book),
+        "build",
+        str(root),
+        "--warningiserror",
+        "--nitpick",
+        "--keep-going",
+    ]
+    return subprocess.run(command, check=False, capture_output=True, text=True, cwd=root)
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory) -> SmokeBook:
+    """Every notebook executed with the smoke preset, then the book built with -W -n."""
+    root = tmp_path_factory.mktemp("book")
+    results = tmp_path_factory.mktemp("results")
+    copy_book_sources(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GROWCORE_RESULTS", str(results))
+        times = run_notebooks("smoke", out=root / "book" / "chapters", progress_bar=False)
+    return SmokeBook(root, results, times, build_book(root))
+
+
+@pytest.fixture
+def require_build(smoke_book) -> SmokeBook:
+    """The smoke book, failing the test with Sphinx's output when the build failed."""
+    if smoke_book.build.returncode != 0:
+        tail = (smoke_book.build.stdout + smoke_book.build.stderr)[-4000:]
+        pytest.fail(f"jupyter-book build failed:\n{tail}")
+    return smoke_book
