@@ -93,7 +93,8 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
     generator = torch.Generator().manual_seed(seed)
     batches = _endless(split, batch_size, generator)
     cost, start, error = 0.0, time.perf_counter(), None
-    for t in tqdm(range(iterations), desc=desc, disable=not progress, leave=False):
+    bar = tqdm(range(iterations), desc=desc, disable=not progress, leave=False, mininterval=1)
+    for t in bar:
         if plan is not None and plan.when(t, history):
             model, opt, info = grow(model, opt, split, plan)
             cost += info.pop("cost_flops", 0)

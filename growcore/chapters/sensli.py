@@ -64,6 +64,11 @@ def experiments(p: dict) -> dict[str, dict]:
         "ResNet1": spiral_config(widths=[3, 3], **resnet),
         "ResNet2": spiral_config(widths=[3, 3, 3], **resnet),
         "ResNetLI": spiral_config(widths=[3, 3], insert_at=at, **resnet),
+        # Ablation: the larger net with the identity-initialised layer from the start
+        # (insertion at iteration 0) separates the effect of the initialisation from that of
+        # the insertion time
+        "FNN1+insert@0": spiral_config(widths=[5], insert_at=0, **fnn),
+        "ResNet1+insert@0": spiral_config(widths=[3, 3], insert_at=0, **resnet),
         # Fig. 3.4a (Exp9): where to insert into FNN [4, 4]
         "FNN[4,4] LI": spiral_config(widths=[4, 4], insert_at=at, select="max", **fnn),
         "FNN[4,4] LI_other": spiral_config(widths=[4, 4], insert_at=at, select="min", **fnn),

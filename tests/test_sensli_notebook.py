@@ -1,0 +1,46 @@
+"""The SensLI notebook: papermill with changed and with invalid parameters, and the records
+its smoke run wrote (the run itself is shared with the book test, see conftest.py)."""
+
+import json
+
+import papermill
+import pytest
+
+from growcore.runner import REPO_ROOT
+
+NOTEBOOK = REPO_ROOT / "notebooks" / "sensli.ipynb"
+
+pytestmark = pytest.mark.slow
+
+
+def _execute(tmp_path, monkeypatch, **parameters):
+    monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path / "results"))
+    return papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=parameters,
+        kernel_name="python3", cwd=str(NOTEBOOK.parent), progress_bar=False)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("n_seeds", -3, "parameter 'n_seeds' must be int >= 1; got -3"),
+    ("merit_normalisation", "none", "parameter 'merit_normalisation' must be str one of"),
+    ("insertion_iteration", 5000, "parameter 'insertion_iteration': must be below iterations"),
+])
+def test_bad_parameter_stops_before_compute(tmp_path, monkeypatch, name, value, message):
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        _execute(tmp_path, monkeypatch, **{name: value})
+    assert message in str(error.value)
+    assert "ParameterError" in error.value.ename
+    assert not (tmp_path / "results").exists(), "nothing may be computed or written"
+
+
+def test_smoke_records_are_complete(smoke_book):
+    records = [json.loads(p.read_text()) for p in smoke_book.results.rglob("*.json")]
+    names = {r["name"] for r in records}
+    for expected in ("FNN1", "FNN2", "ResNet1", "ResNet2", "ResNetLI", "FNN[4,4] LI",
+                     "FNN[4,4] LI_other"):
+        assert expected in names
+    for record in records:
+        assert record["preset"] == "smoke" and record["environment"]["code_version"]
+        n_seeds, n_steps = len(record["seeds"]), record["config"]["iterations"]
+        assert len(record["metrics"]["loss"]) == n_seeds
+        assert all(len(row) == n_steps for row in record["metrics"]["loss"])
