@@ -20,16 +20,20 @@ class Split:
 
     X_train: torch.Tensor
     y_train: torch.Tensor
-    X_test: torch.Tensor
-    y_test: torch.Tensor
+    X_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Split:
         """The same split on ``device``, features cast to ``dtype`` if given."""
-        def move(X: torch.Tensor) -> torch.Tensor:
-            return X.to(device=device, dtype=dtype or X.dtype)
+        def move(X: torch.Tensor | None, cast: bool = True) -> torch.Tensor | None:
+            if X is None:
+                return None
+            return X.to(device=device, dtype=(dtype or X.dtype) if cast else X.dtype)
 
-        return Split(move(self.X_train), self.y_train.to(device), move(self.X_test),
-                     self.y_test.to(device))
+        return Split(move(self.X_train), move(self.y_train, self.y_train.is_floating_point()),
+                     move(self.X_test),
+                     move(self.y_test, self.y_test is not None and
+                          self.y_test.is_floating_point()))
 
     def minibatches(self, batch_size: int | None, generator: torch.Generator | None = None):
         """One epoch of training batches; ``batch_size=None`` gives the full batch once."""

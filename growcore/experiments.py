@@ -53,7 +53,7 @@ def plan_from(growth: dict | None) -> GrowthPlan | None:
         return None
     how = IdentityLayer(growth["resnet_W1_scale"])
     where = SensLI(select=growth["select"], normalisation=growth["normalisation"], how=how)
-    return GrowthPlan(AtIterations(growth["at"]), where, how, growth["lr_factor"])
+    return GrowthPlan(AtIterations(growth["at"]), where, how, lr_factor=growth["lr_factor"])
 
 
 def run_spiral(name: str, config: dict, *, directory=None, preset: str = "cpu",

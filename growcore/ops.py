@@ -36,7 +36,16 @@ class Growth:
         raise NotImplementedError
 
     def status(self, name: str) -> str:
-        """``"old"``, ``"new"`` or ``"mixed"``: whether parameter ``name`` existed before."""
+        """Whether parameter ``name`` existed before the change.
+
+        ``"old"``: unchanged in shape; ``"new"``: created by the change; ``"extended"``: an
+        old tensor with new entries (a widened layer; its optimiser step count is kept);
+        ``"mixed"``: old for some seeds of a seed-batched model and new for others.
+        """
+        raise NotImplementedError
+
+    def source_of(self, name: str) -> str | None:
+        """The old parameter whose scalar optimiser state (e.g. Adam's step) ``name`` keeps."""
         raise NotImplementedError
 
 
@@ -66,9 +75,13 @@ class LayerInsertion(Growth):
         new = [src is None for src in self.sources[name]]
         return "new" if all(new) else "old" if not any(new) else "mixed"
 
+    def source_of(self, name: str) -> str | None:
+        return next((s for s in self.sources[name] if s is not None), None)
+
 
 def insert_layers(model: SeedBatchedNet, positions: Sequence[int] | Sequence[Sequence[int]],
-                  how: Callable[[SeedBatchedNet, int, int], Layer]) -> LayerInsertion:
+                  how: Callable[[SeedBatchedNet, int, int], Layer],
+                  split=None) -> LayerInsertion:
     """Insert layers into a seed-batched FNN or ResNet after hidden layers ``positions``.
 
     Parameters
@@ -82,6 +95,9 @@ def insert_layers(model: SeedBatchedNet, positions: Sequence[int] | Sequence[Seq
     how : callable
         Initialiser of the new layer, e.g. :class:`growcore.how.IdentityLayer` (eq. 2.4/2.6),
         which makes the insertion function-preserving.
+    split : ignored
+        Growth operators share the signature ``op(model, sites, how, split)``; data-driven
+        initialisers (e.g. GradMax) use the split, the identity layer does not.
 
     Returns
     -------

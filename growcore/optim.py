@@ -33,8 +33,9 @@ def rebuild_optimizer(old: torch.optim.Optimizer, old_model: torch.nn.Module, gr
     Tensor state (SGD ``momentum_buffer``, Adam ``exp_avg``/``exp_avg_sq``) goes through
     ``growth.transport``: old entries unchanged, new entries zero. A parameter that is new
     as a whole gets no state at all, which for SGD and Adam is the same as zero state with
-    step 0. Adam's scalar ``step`` is kept for old parameters; a parameter that is old for
-    some seeds and new for others cannot hold two step counts, so that case raises.
+    step 0. Adam's scalar ``step`` is kept for old and for extended (widened) parameters, as
+    the GradMax code does; a parameter that is old for some seeds and new for others cannot
+    hold two step counts, so that case raises.
 
     Parameters
     ----------
@@ -69,7 +70,7 @@ def rebuild_optimizer(old: torch.optim.Optimizer, old_model: torch.nn.Module, gr
                     f"parameter {name!r} is new for some seeds and old for others; "
                     f"{type(old).__name__} keeps one step count per tensor: run these seeds "
                     "separately or use SGD")
-            source = next(s for s in growth.sources[name] if s is not None)
+            source = growth.source_of(name)
             state.update({k: v.clone() for k, v in old_state[source].items() if k not in keys})
         new.state[param] = state
     return new

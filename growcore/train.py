@@ -1,20 +1,24 @@
 """One training loop for every chapter: train, ask the when-policy, grow, carry on.
 
 A growth step is one composition: ``plan.when`` fires, ``plan.where`` picks the sites,
-``plan.how`` fills the new weights, :mod:`growcore.ops` applies the change, and
-:func:`growcore.optim.rebuild_optimizer` carries the optimiser state across it.
+``plan.how`` fills the new weights, ``plan.op`` (a :mod:`growcore.ops` operator) applies the
+change, and :func:`growcore.optim.rebuild_optimizer` carries the optimiser state across it.
+
+The loop works on seed-batched models (outputs [S, N, c]) and on ordinary ``nn.Module``
+models (outputs [N, c], treated as one seed).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm  # not tqdm.auto: no widgets (they need remote scripts in the book)
 
 from growcore.data import Split
-from growcore.losses import per_seed_cross_entropy, per_seed_error
+from growcore.losses import LOSSES, as_seed_batch, per_seed_error
 from growcore.models.seed_batched import SeedShapeMismatch
 from growcore.ops import insert_layers
 from growcore.optim import make_optimizer, rebuild_optimizer
@@ -29,6 +33,8 @@ class GrowthPlan:
     when : callable ``(iteration, history) -> bool``
     where : callable ``(model, split) -> (sites per seed, info dict)``
     how : initialiser passed to the growth operator
+    op : callable ``(model, sites, how, split) -> Growth``
+        The growth operator (default: layer insertion, :func:`growcore.ops.insert_layers`).
     lr_factor : float
         Learning rate multiplied by this after each growth (SensLI Fig. 3.4b: 0.8).
     """
@@ -36,11 +42,13 @@ class GrowthPlan:
     when: object
     where: object
     how: object
+    op: Callable = insert_layers
     lr_factor: float = 1.0
 
     def describe(self) -> dict:
         return {"when": self.when.describe(), "where": self.where.describe(),
-                "how": type(self.how).__name__, "lr_factor": self.lr_factor}
+                "how": type(self.how).__name__, "op": self.op.__name__,
+                "lr_factor": self.lr_factor}
 
 
 @dataclass
@@ -48,11 +56,12 @@ class History:
     """What the loop records, one entry per iteration (per seed where it says [S])."""
 
     loss: list = field(default_factory=list)          # [T][S] training loss before the update
-    test_error: list = field(default_factory=list)    # [T][S] test error before the update
+    test_error: list = field(default_factory=list)    # [T][S] test metric before the update
     n_params: list = field(default_factory=list)      # [T] parameters of one seed's network
     cost_flops: list = field(default_factory=list)    # [T] cumulative FLOPs incl. growth steps
     wall_time: list = field(default_factory=list)     # [T] seconds since the start
     events: list = field(default_factory=list)        # growth events
+    extra: dict = field(default_factory=dict)         # name -> [T][S] from step_metrics
 
     def as_dict(self) -> dict:
         def plain(x):
@@ -60,26 +69,34 @@ class History:
 
         return {"loss": plain(self.loss), "test_error": plain(self.test_error),
                 "n_params": self.n_params, "cost_flops": self.cost_flops,
-                "wall_time": self.wall_time, "events": self.events}
+                "wall_time": self.wall_time, "events": self.events,
+                **{name: plain(values) for name, values in self.extra.items()}}
 
 
 def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "sgd",
           momentum: float = 0.0, weight_decay: float = 0.0, batch_size: int | None = None,
-          plan: GrowthPlan | None = None, eval_every: int = 1, seed: int = 0,
+          loss: str = "cross_entropy", plan: GrowthPlan | None = None, eval_every: int = 1,
+          step_metrics: dict[str, Callable] | None = None, seed: int = 0,
           progress: bool = True, desc: str = "train"):
-    """Train a seed-batched model, growing it when the plan says so.
+    """Train a model, growing it when the plan says so.
 
     Parameters
     ----------
-    model : SeedBatchedNet
+    model : SeedBatchedNet or torch.nn.Module
     split : Split
-        Training and test data (on the model's device).
+        Training data, and test data if ``split.X_test`` is set (on the model's device).
     iterations : int
         Number of parameter updates.
     batch_size : int, optional
         None for full-batch gradient descent (SensLI), otherwise shuffled mini-batches.
+    loss : str
+        ``"cross_entropy"`` (the test metric is the classification error) or ``"mse"`` (the
+        test metric is the mean squared error).
     eval_every : int
-        Test error every this many iterations (the value is held in between).
+        Test metric every this many iterations (the value is held in between).
+    step_metrics : dict, optional
+        name -> ``fn(model) -> Tensor [S]``, called after each backward pass (gradients are
+        available), e.g. the gradient norm of GradMax Fig. 2b. Recorded in ``history.extra``.
     seed : int
         Seed of the mini-batch order (unused for full batch).
 
@@ -88,45 +105,78 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
     model : the final (possibly grown) model
     history : History
     """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    loss_fn = LOSSES[loss]
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
-    history = History()
-    generator = torch.Generator().manual_seed(seed)
-    batches = _endless(split, batch_size, generator)
-    cost, start, error = 0.0, time.perf_counter(), None
+    history = History(extra={name: [] for name in step_metrics or {}})
+    batches = _endless(split, batch_size, torch.Generator().manual_seed(seed))
+    cost, start, test = 0.0, time.perf_counter(), None
     bar = tqdm(range(iterations), desc=desc, disable=not progress, leave=False, mininterval=1)
     for t in bar:
         if plan is not None and plan.when(t, history):
             model, opt, info = grow(model, opt, split, plan)
             cost += info.pop("cost_flops", 0)
             history.events.append({"iteration": t, **info})
-        if error is None or t % eval_every == 0:
-            with torch.no_grad():
-                error = per_seed_error(model(split.X_test), split.y_test)
+        if split.X_test is not None and (test is None or t % eval_every == 0):
+            test = evaluate(model, split.X_test, split.y_test, loss)
         X, y = next(batches)
         opt.zero_grad(set_to_none=True)
-        loss = per_seed_cross_entropy(model(X), y)
-        loss.sum().backward()
+        value = loss_fn(as_seed_batch(model(X)), y)
+        value.sum().backward()
+        for name, metric in (step_metrics or {}).items():
+            history.extra[name].append(metric(model).detach())
         opt.step()
-        cost += 3 * model.flops_per_example() * len(y)  # forward + backward ~ 3 forwards
-        history.loss.append(loss.detach())
-        history.test_error.append(error)
-        history.n_params.append(model.num_parameters())
+        cost += 3 * flops_per_example(model) * len(X)  # forward + backward ~ 3 forwards
+        history.loss.append(value.detach())
+        if test is not None:
+            history.test_error.append(test)
+        history.n_params.append(num_parameters(model))
         history.cost_flops.append(cost)
         history.wall_time.append(time.perf_counter() - start)
     return model, history
 
 
+@torch.no_grad()
+def evaluate(model, X: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy",
+             batch_size: int = 2048) -> torch.Tensor:
+    """Test metric per seed: classification error, or mean squared error for ``"mse"``."""
+    per_seed_targets = y.dim() == (2 if loss == "cross_entropy" else 3)
+    metric = per_seed_error if loss == "cross_entropy" else LOSSES[loss]
+    total, n = 0.0, len(X)
+    for start in range(0, n, batch_size):
+        chunk = slice(start, start + batch_size)
+        out = as_seed_batch(model(X[chunk]))
+        total = total + metric(out, y[:, chunk] if per_seed_targets else y[chunk]) * out.shape[1]
+    return total / n
+
+
+def num_parameters(model) -> int:
+    """Trainable parameters of one seed's network."""
+    if hasattr(model, "num_parameters"):
+        return model.num_parameters()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def flops_per_example(model) -> int:
+    """Forward FLOPs per example (models define ``flops_per_example``; else 2 per weight)."""
+    if hasattr(model, "flops_per_example"):
+        return model.flops_per_example()
+    return 2 * num_parameters(model)
+
+
 def grow(model, opt, split: Split, plan: GrowthPlan):
-    """One growth step: where -> how -> ops -> optimiser state carried."""
+    """One growth step: where -> how -> op -> optimiser state carried."""
     sites, info = plan.where(model, split)
     try:
-        growth = insert_layers(model, sites, plan.how)
+        growth = plan.op(model, sites, plan.how, split)
     except SeedShapeMismatch as error:
-        raise DivergentGrowth(model.seeds, sites) from error
+        raise DivergentGrowth(getattr(model, "seeds", [0]), sites) from error
     lr = opt.param_groups[0]["lr"] * plan.lr_factor
     opt = rebuild_optimizer(opt, model, growth, lr=lr)
-    info = {**info, "seeds": list(model.seeds), "n_params_before": model.num_parameters(),
-            "n_params_after": growth.model.num_parameters(), "lr_after": lr}
+    info = {**info, "seeds": list(getattr(model, "seeds", [0])),
+            "n_params_before": num_parameters(model),
+            "n_params_after": num_parameters(growth.model), "lr_after": lr}
     return growth.model, opt, info
 
 

@@ -41,3 +41,26 @@ class AtIterations(WhenPolicy):
 
     def describe(self) -> dict:
         return {"policy": "AtIterations", "iterations": self.iterations}
+
+
+class Every(WhenPolicy):
+    """Grow every ``interval`` iterations from ``start`` on, at most ``count`` times.
+
+    GradMax's teacher-student runs (section 4.1): one growth every 200 steps, 5 times.
+    """
+
+    def __init__(self, interval: int, start: int | None = None, count: int | None = None):
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.interval, self.start = interval, interval if start is None else start
+        if self.start < 0 or (count is not None and count < 0):
+            raise ValueError(f"start and count must be >= 0, got {self.start}, {count}")
+        self.count = count
+
+    def __call__(self, iteration: int, history) -> bool:
+        k, rest = divmod(iteration - self.start, self.interval)
+        return iteration >= self.start and rest == 0 and (self.count is None or k < self.count)
+
+    def describe(self) -> dict:
+        return {"policy": "Every", "interval": self.interval, "start": self.start,
+                "count": self.count}

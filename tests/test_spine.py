@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from growcore import results
-from growcore.data import spiral
+from growcore.data import Split, spiral
 from growcore.experiments import chosen_sites, run_spiral, spiral_config
 from growcore.how import IdentityLayer
 from growcore.models import build
 from growcore.ops import insert_layers
 from growcore.optim import make_optimizer, rebuild_optimizer
 from growcore.params import ParameterError, Spec, check, require, validate
-from growcore.when import AtIterations
+from growcore.train import train
+from growcore.when import AtIterations, Every
 
 BATCHED_TOL = 1e-6   # float32: batched and one-seed-at-a-time runs agree to rounding
 
@@ -170,3 +171,32 @@ def test_parameter_validation_names_the_parameter():
         validate({"n_seeds": 1}, specs)
     with pytest.raises(ParameterError, match="'iterations': must exceed"):
         require(False, "iterations", "must exceed insertion_iteration")
+
+
+def test_every_policy():
+    when = Every(200, count=5)
+    assert [t for t in range(2000) if when(t, None)] == [200, 400, 600, 800, 1000]
+    assert [t for t in range(10) if Every(3, start=1)(t, None)] == [1, 4, 7]
+    with pytest.raises(ValueError, match="interval"):
+        Every(0)
+
+
+def test_regression_with_per_seed_targets_and_step_metrics():
+    """MSE on per-seed targets (a teacher per seed) and a metric read after backward."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 2, generator=g)
+    Y = torch.randn(3, 64, 2, generator=g)             # a different target per seed
+    model = build("fnn", [4], [0, 1, 2])
+
+    def grad_norm(m):
+        return torch.stack([p.grad.flatten(1).norm(dim=1) for p in m.parameters()]).norm(dim=0)
+
+    _, history = train(model, Split(X, Y, X, Y), iterations=20, lr=0.05, loss="mse",
+                       step_metrics={"grad_norm": grad_norm}, progress=False)
+    loss = torch.stack(history.loss)
+    assert loss.shape == (20, 3) and (loss[-1] < loss[0]).all()
+    assert torch.allclose(history.test_error[0], loss[0])  # test = train data here
+    assert len(history.extra["grad_norm"]) == 20 and (history.extra["grad_norm"][0] > 0).all()
+    alone = train(build("fnn", [4], [1]), Split(X, Y[1:2], X, Y[1:2]), iterations=20, lr=0.05,
+                  loss="mse", progress=False)[1]
+    assert torch.allclose(torch.stack(alone.loss)[:, 0], loss[:, 1], atol=BATCHED_TOL)
