@@ -38,3 +38,18 @@ ACTIVATIONS = {
     "tanh": torch.tanh,
 }
 RELUS = ("relu", "relu_half", "relu1")
+
+
+class ReLUWithSlopeAtZero(torch.nn.Module):
+    """``nn.Module`` form of :func:`relu_with_slope_at_zero`, for model builders that take an
+    activation factory (e.g. ``functools.partial(ReLUWithSlopeAtZero, 1.0)`` for GradMax)."""
+
+    def __init__(self, slope_at_zero: float = 1.0):
+        super().__init__()
+        self.slope_at_zero = slope_at_zero
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return relu_with_slope_at_zero(x, self.slope_at_zero)
+
+    def extra_repr(self) -> str:
+        return f"slope_at_zero={self.slope_at_zero}"

@@ -7,6 +7,7 @@ every machine (the public code's split depends on file-system order).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ class Split:
     y_train: torch.Tensor
     X_test: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
+    X_val: torch.Tensor | None = None   # validation hold-out (when-policies read its error)
+    y_val: torch.Tensor | None = None
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Split:
         """The same split on ``device``, features cast to ``dtype`` if given."""
@@ -30,10 +33,13 @@ class Split:
                 return None
             return X.to(device=device, dtype=(dtype or X.dtype) if cast else X.dtype)
 
-        return Split(move(self.X_train), move(self.y_train, self.y_train.is_floating_point()),
-                     move(self.X_test),
-                     move(self.y_test, self.y_test is not None and
-                          self.y_test.is_floating_point()))
+        def labels(y: torch.Tensor | None) -> torch.Tensor | None:
+            return move(y, y is not None and y.is_floating_point())
+
+        return dataclasses.replace(
+            self, X_train=move(self.X_train), y_train=labels(self.y_train),
+            X_test=move(self.X_test), y_test=labels(self.y_test), X_val=move(self.X_val),
+            y_val=labels(self.y_val))
 
     def minibatches(self, batch_size: int | None, generator: torch.Generator | None = None):
         """One epoch of training batches; ``batch_size=None`` gives the full batch once."""

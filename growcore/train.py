@@ -62,22 +62,32 @@ class History:
     wall_time: list = field(default_factory=list)     # [T] seconds since the start
     events: list = field(default_factory=list)        # growth events
     extra: dict = field(default_factory=dict)         # name -> [T][S] from step_metrics
+    train_error: list = field(default_factory=list)   # [T][S] error on the training batch
+    lr: list = field(default_factory=list)            # [T] learning rate of the update
+    evals: list = field(default_factory=list)         # every eval_every iterations: dicts
+    # with "iteration" and, per seed, "train_error" (mean batch error since the last
+    # evaluation), "val_error" (if the split has a validation set) and "test_error"
 
     def as_dict(self) -> dict:
         def plain(x):
             return torch.stack(x).T.tolist() if x and torch.is_tensor(x[0]) else list(x)
 
+        evals = [{k: v.tolist() if torch.is_tensor(v) else v for k, v in e.items()}
+                 for e in self.evals]
         return {"loss": plain(self.loss), "test_error": plain(self.test_error),
+                "train_error": plain(self.train_error), "lr": self.lr,
                 "n_params": self.n_params, "cost_flops": self.cost_flops,
-                "wall_time": self.wall_time, "events": self.events,
+                "wall_time": self.wall_time, "events": self.events, "evals": evals,
                 **{name: plain(values) for name, values in self.extra.items()}}
 
 
 def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "sgd",
           momentum: float = 0.0, weight_decay: float = 0.0, batch_size: int | None = None,
           loss: str = "cross_entropy", plan: GrowthPlan | None = None, eval_every: int = 1,
-          step_metrics: dict[str, Callable] | None = None, seed: int = 0,
-          progress: bool = True, desc: str = "train"):
+          step_metrics: dict[str, Callable] | None = None,
+          lr_schedule: Callable | None = None, augment: Callable | None = None,
+          observers: list | None = None, seed: int = 0, progress: bool = True,
+          desc: str = "train"):
     """Train a model, growing it when the plan says so.
 
     Parameters
@@ -93,12 +103,22 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
         ``"cross_entropy"`` (the test metric is the classification error) or ``"mse"`` (the
         test metric is the mean squared error).
     eval_every : int
-        Test metric every this many iterations (the value is held in between).
+        Evaluate every this many iterations (test metric held in between; the validation
+        and training errors go to ``history.evals``, which when-policies read).
     step_metrics : dict, optional
         name -> ``fn(model) -> Tensor [S]``, called after each backward pass (gradients are
         available), e.g. the gradient norm of GradMax Fig. 2b. Recorded in ``history.extra``.
+    lr_schedule : callable ``(iteration, history) -> float``, optional
+        Multiplier of the learning rate at each iteration (e.g. cosine decay); growth factors
+        (``plan.lr_factor``) multiply the base rate it scales.
+    augment : callable ``(X, generator) -> X``, optional
+        Transform of each training batch (e.g. random crops and flips).
+    observers : list, optional
+        Objects with ``attach(model)`` and ``detach()``, attached at the start and re-attached
+        to the new model after each growth (e.g. hooks collecting activation gradients
+        during the normal backward pass).
     seed : int
-        Seed of the mini-batch order (unused for full batch).
+        Seed of the mini-batch order and of the augmentation.
 
     Returns
     -------
@@ -110,31 +130,72 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
     loss_fn = LOSSES[loss]
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     history = History(extra={name: [] for name in step_metrics or {}})
-    batches = _endless(split, batch_size, torch.Generator().manual_seed(seed))
-    cost, start, test = 0.0, time.perf_counter(), None
+    generator = torch.Generator().manual_seed(seed)
+    batches = _endless(split, batch_size, generator)
+    cost, start, test, base_lr, since_eval = 0.0, time.perf_counter(), None, lr, []
+    _attach(observers, model)
     bar = tqdm(range(iterations), desc=desc, disable=not progress, leave=False, mininterval=1)
     for t in bar:
         if plan is not None and plan.when(t, history):
+            _detach(observers)
             model, opt, info = grow(model, opt, split, plan)
+            base_lr *= plan.lr_factor
             cost += info.pop("cost_flops", 0)
             history.events.append({"iteration": t, **info})
-        if split.X_test is not None and (test is None or t % eval_every == 0):
-            test = evaluate(model, split.X_test, split.y_test, loss)
+            _attach(observers, model)
+        if t % eval_every == 0:
+            test = _evaluate_all(model, split, loss, t, since_eval, history)
+            since_eval = []
+        if lr_schedule is not None:
+            for group in opt.param_groups:
+                group["lr"] = base_lr * lr_schedule(t, history)
         X, y = next(batches)
+        if augment is not None:
+            X = augment(X, generator)
         opt.zero_grad(set_to_none=True)
-        value = loss_fn(as_seed_batch(model(X)), y)
+        outputs = as_seed_batch(model(X))
+        value = loss_fn(outputs, y)
         value.sum().backward()
         for name, metric in (step_metrics or {}).items():
             history.extra[name].append(metric(model).detach())
         opt.step()
         cost += 3 * flops_per_example(model) * len(X)  # forward + backward ~ 3 forwards
         history.loss.append(value.detach())
+        if loss == "cross_entropy":
+            history.train_error.append(per_seed_error(outputs.detach(), y))
+            since_eval.append(history.train_error[-1])
         if test is not None:
             history.test_error.append(test)
+        history.lr.append(opt.param_groups[0]["lr"])
         history.n_params.append(num_parameters(model))
         history.cost_flops.append(cost)
         history.wall_time.append(time.perf_counter() - start)
+    _detach(observers)
     return model, history
+
+
+def _evaluate_all(model, split: Split, loss: str, t: int, since_eval: list, history: History):
+    """Record an evaluation; return the test metric (or None without a test set)."""
+    record: dict = {"iteration": t}
+    if since_eval:
+        record["train_error"] = torch.stack(since_eval).mean(dim=0)
+    if split.X_val is not None:
+        record["val_error"] = evaluate(model, split.X_val, split.y_val, loss)
+    test = None
+    if split.X_test is not None:
+        test = record["test_error"] = evaluate(model, split.X_test, split.y_test, loss)
+    history.evals.append(record)
+    return test
+
+
+def _attach(observers, model) -> None:
+    for observer in observers or ():
+        observer.attach(model)
+
+
+def _detach(observers) -> None:
+    for observer in observers or ():
+        observer.detach()
 
 
 @torch.no_grad()

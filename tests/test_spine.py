@@ -14,8 +14,9 @@ from growcore.models import build
 from growcore.ops import insert_layers
 from growcore.optim import make_optimizer, rebuild_optimizer
 from growcore.params import ParameterError, Spec, check, require, validate
-from growcore.train import train
+from growcore.train import GrowthPlan, train
 from growcore.when import AtIterations, Every
+from growcore.where import SensLI
 
 BATCHED_TOL = 1e-6   # float32: batched and one-seed-at-a-time runs agree to rounding
 
@@ -200,3 +201,46 @@ def test_regression_with_per_seed_targets_and_step_metrics():
     alone = train(build("fnn", [4], [1]), Split(X, Y[1:2], X, Y[1:2]), iterations=20, lr=0.05,
                   loss="mse", progress=False)[1]
     assert torch.allclose(torch.stack(alone.loss)[:, 0], loss[:, 1], atol=BATCHED_TOL)
+
+
+class _CountingObserver:
+    """Counts forward calls of the model it is attached to."""
+
+    def __init__(self):
+        self.calls, self.handle, self.models = 0, None, []
+
+    def attach(self, model):
+        self.models.append(model)
+        self.handle = model.register_forward_hook(lambda *_: setattr(self, "calls",
+                                                                     self.calls + 1))
+
+    def detach(self):
+        self.handle.remove()
+
+
+def test_schedule_augmentation_validation_and_observers():
+    data = spiral()
+    split = Split(data.X_train[:300], data.y_train[:300], data.X_test, data.y_test,
+                  X_val=data.X_train[300:], y_val=data.y_train[300:])
+    flips = []
+
+    def augment(X, generator):
+        flips.append(torch.rand((), generator=generator).item())
+        return -X if flips[-1] < 0.5 else X
+
+    observer = _CountingObserver()
+    plan = GrowthPlan(AtIterations(5), SensLI(), IdentityLayer(), lr_factor=0.5)
+    model, history = train(build("fnn", [4], [0, 1]), split, iterations=12, lr=0.2,
+                           plan=plan, eval_every=4, augment=augment, observers=[observer],
+                           lr_schedule=lambda t, h: 1.0 / (1 + t), progress=False)
+    assert history.lr[0] == pytest.approx(0.2) and history.lr[3] == pytest.approx(0.05)
+    assert history.lr[8] == pytest.approx(0.1 / 9)       # growth halved the base rate
+    assert len(flips) == 12 and len(set(flips)) == 12
+    assert [e["iteration"] for e in history.evals] == [0, 4, 8]
+    assert "train_error" not in history.evals[0] and history.evals[1]["train_error"].shape == (2,)
+    assert torch.allclose(history.evals[1]["train_error"],
+                          torch.stack(history.train_error[:4]).mean(0))
+    assert history.evals[2]["val_error"].shape == (2,)
+    # attached to the first and the grown model; training forwards + evaluation forwards
+    assert len(observer.models) == 2 and observer.models[1] is model
+    assert observer.calls == 12 + 3 * 2
