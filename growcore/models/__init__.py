@@ -1,8 +1,13 @@
 """Models of the study. Small nets are *seed-batched*: S independent copies, one tensor program."""
 
+from growcore.models.mobilenet import MobileNetV1, MobileNetV2
+from growcore.models.resnet import resnet, wrn28
 from growcore.models.seed_batched import SeedBatchedFNN, SeedBatchedNet, SeedBatchedResNet
+from growcore.models.sites import WidthSite
+from growcore.models.vgg import vgg11, vgg_staged
 
-__all__ = ["SeedBatchedFNN", "SeedBatchedNet", "SeedBatchedResNet", "build"]
+__all__ = ["MobileNetV1", "MobileNetV2", "SeedBatchedFNN", "SeedBatchedNet",
+           "SeedBatchedResNet", "WidthSite", "build", "resnet", "vgg11", "vgg_staged", "wrn28"]
 
 
 def build(kind: str, widths: list[int], seeds: list[int], **kwargs) -> SeedBatchedNet:
