@@ -201,7 +201,20 @@ def _detach(observers) -> None:
 @torch.no_grad()
 def evaluate(model, X: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy",
              batch_size: int = 2048) -> torch.Tensor:
-    """Test metric per seed: classification error, or mean squared error for ``"mse"``."""
+    """Test metric per seed: classification error, or mean squared error for ``"mse"``.
+
+    The model is evaluated in eval mode (BatchNorm uses its running statistics and does not
+    absorb the evaluation data; dropout is off) and returned to the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return _evaluate(model, X, y, loss, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(model, X, y, loss, batch_size):
     per_seed_targets = y.dim() == (2 if loss == "cross_entropy" else 3)
     metric = per_seed_error if loss == "cross_entropy" else LOSSES[loss]
     total, n = 0.0, len(X)

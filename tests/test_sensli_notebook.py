@@ -34,7 +34,7 @@ def test_bad_parameter_stops_before_compute(tmp_path, monkeypatch, name, value, 
 
 
 def test_smoke_records_are_complete(smoke_book):
-    records = [json.loads(p.read_text()) for p in smoke_book.results.rglob("*.json")]
+    records = [json.loads(p.read_text()) for p in smoke_book.results.rglob("sensli/**/*.json")]
     names = {r["name"] for r in records}
     for expected in ("FNN1", "FNN2", "ResNet1", "ResNet2", "ResNetLI", "FNN[4,4] LI",
                      "FNN[4,4] LI_other"):

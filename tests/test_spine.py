@@ -14,7 +14,7 @@ from growcore.models import build
 from growcore.ops import insert_layers
 from growcore.optim import make_optimizer, rebuild_optimizer
 from growcore.params import ParameterError, Spec, check, require, validate
-from growcore.train import GrowthPlan, train
+from growcore.train import GrowthPlan, evaluate, train
 from growcore.when import AtIterations, Every
 from growcore.where import SensLI
 
@@ -244,3 +244,20 @@ def test_schedule_augmentation_validation_and_observers():
     # attached to the first and the grown model; training forwards + evaluation forwards
     assert len(observer.models) == 2 and observer.models[1] is model
     assert observer.calls == 12 + 3 * 2
+
+
+def test_evaluation_runs_in_eval_mode_and_leaves_batch_norm_alone():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4),
+                                torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    X, y = torch.randn(64, 3) * 5 + 2, torch.randint(0, 2, (64,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    error = evaluate(model, X, y)
+    assert model.training, "the model goes back to the mode it was in"
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f"evaluation changed {key}"
+    model.eval()
+    expected = (model(X).argmax(1) != y).float().mean()
+    assert torch.allclose(error, expected) and not model.training
+    model.train()
+    assert not torch.allclose(model(X), model.eval()(X)), "batch and running statistics differ"
