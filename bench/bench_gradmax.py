@@ -1,0 +1,85 @@
+"""GradMax benchmarks, printed as ratios measured in one run (this machine is noisy: compare
+within a run, not across runs).
+
+1. One GradMax growth step of VGG11 x0.25 at batch 128 (the statistics of every site from one
+   forward-backward pass, the SVDs, and the widening of every layer by its share of the first
+   of 12 growths to full width) vs one training step (forward, backward, SGD update). The paper
+   (section 4.1, Fig. 3c) says a growth step costs less than one training step.
+2. The size of every convolution's GradMax matrix (Appendix B) and the time of its SVD.
+
+Run: ``make bench`` or ``.venv/bin/python bench/bench_gradmax.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+from growcore.activations import ReLUWithSlopeAtZero
+from growcore.data import Split
+from growcore.gradmax import GradMax, GrowToWidths, TargetNorm, collect, gradient_matrix
+from growcore.models.vgg import vgg11
+from growcore.runtime import resolve_device
+from growcore.widen import widen
+
+BATCH = 128  # paper: batch 128 on CIFAR, also for the GradMax statistic
+WIDTH = 0.25  # paper: VGG11 grown from x0.25 to x1 in 12 growths
+GROWTHS = 12
+
+
+def seconds(fn, repeats: int = 3) -> float:
+    """Best of ``repeats`` timings of one call (the minimum is least disturbed by noise)."""
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    device = resolve_device("auto")
+    model = vgg11(WIDTH, activation=functools.partial(ReLUWithSlopeAtZero, 1.0)).to(device)
+    X = torch.randint(0, 256, (BATCH, 3, 32, 32), dtype=torch.uint8, device=device)
+    y = torch.randint(0, 10, (BATCH,), device=device)
+    split = Split(X, y)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)  # lr 0: model unchanged
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+
+    def growth():
+        sites, _ = GrowToWidths(1 / WIDTH, GROWTHS)(model, split)
+        widen(model, sites, GradMax(batch_size=BATCH, norm=TargetNorm(value=1e-4)), split)
+
+    step()  # warm-up
+    t_step, t_growth = seconds(step), seconds(growth)
+    print(f"VGG11 x{WIDTH}, batch {BATCH}, {device}, {torch.get_num_threads()} CPU threads")
+    print(f"  one training step           {1000 * t_step:8.1f} ms")
+    print(f"  one GradMax growth step     {1000 * t_growth:8.1f} ms  "
+          f"(ratio growth / step = {t_growth / t_step:.2f}; paper: < 1)")
+
+    sites = model.width_sites()
+    data = collect(model, sites, split, "cross_entropy")
+    print("\n  site (producer -> consumer)                 matrix size       SVD ms")
+    for site in sites:
+        G = gradient_matrix(model, site, data[site])
+        t = seconds(lambda G=G: torch.linalg.svd(G, full_matrices=False))
+        print(f"  {site.producer:>18s} -> {site.consumer:<20s} "
+              f"{G.shape[0]:6d} x {G.shape[1]:<6d} {1000 * t:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,584 @@
+"""GradMax: initialise new units so that the gradient of their weights is as large as possible.
+
+HOW initialisers for :func:`growcore.widen.widen` (protocol ``how(model, site, k, split) ->
+NewUnits``) and WHERE criteria for width growth, after Evci et al., *GradMax: growing neural
+networks using gradient information* (ICLR 2022).
+
+With the new incoming weights ``W_l^new = 0`` and an activation with ``f(0) = 0``,
+``f'(0) = 1``, the gradient of the new incoming weights is linear in the new outgoing weights
+(eq. (9)), ``dL/dW_l^new = W_{l+1}^{new T} G`` with ``G = E_D[dL/dz_{l+1} h_{l-1}^T]``, and the
+maximiser of its norm over orthogonal new units of norm ``c`` (eq. (11)) is given by the top-k
+left singular vectors of ``G``. Each new unit ``j`` then gets gradient norm ``c sigma_j``.
+
+For convolutions (Appendix B) the same holds with ``G`` the matrix of size
+``(o_{l+1} h_{l+1} w_{l+1}) x (i_l h_l w_l)`` that maps one new unit's outgoing filters to the
+gradient of its incoming filter. :func:`gradient_matrix` builds it from image patches
+(im2col) of the producer's input, taken again over the consumer's kernel, which is exact at
+padded borders and across strides too; :func:`auxiliary_kernel_matrix` builds it the paper's
+way, from the gradient of an auxiliary kernel of size ``k_l + k_{l+1} - 1`` (exact for
+unpadded convolutions).
+
+PyTorch's ReLU has derivative 0 at 0, which kills the gradient of zero incoming weights: the
+models grown here use ``relu1`` (:mod:`growcore.activations`, ``f'(0) = 1``), as the paper's
+code does.
+
+Between producer and consumer the statistic assumes that a new channel passes unchanged:
+exact for the activation with ``f'(0) = 1``, average pooling and BatchNorm in eval mode with
+the new channel's statistics (mean 0, variance 1, up to its epsilon); max pooling is treated
+as average pooling and depthwise convolutions as the identity. A BatchNorm in train mode
+instead centres the new channel's gradient over the batch and scales it by ``1/sqrt(eps)``
+(paper Appendix C), which is why section 4.2 uses small outgoing weights.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from growcore.activations import ACTIVATIONS
+from growcore.data import Split
+from growcore.losses import LOSSES, as_seed_batch
+from growcore.widen import NewUnits, unit_sizes, widen, width
+
+CHUNK = 16  # examples per chunk when contracting convolution patches (memory bound)
+FULL_CHUNK = 1024  # examples per forward pass when the statistic covers the whole data set
+
+
+@dataclass
+class SiteData:
+    """One batch's statistics at one site (from :func:`collect`).
+
+    ``h``: the producer's input; ``dz``: ``[N, o, L]`` gradients of the loss at the consumer's
+    outputs (L positions); ``grid``: the producer's output grid ``(H, W)`` (``()`` for a
+    Linear producer); ``consumer_grid``: the consumer's input grid; ``weight``: the factor that
+    makes the sum over batches an expectation over the data set (the loss is a batch mean).
+    """
+
+    h: torch.Tensor
+    dz: torch.Tensor
+    grid: tuple[int, ...]
+    consumer_grid: tuple[int, ...]
+    weight: float
+
+
+def collect(model: nn.Module, sites: Sequence, split: Split, loss: str,
+            batch_size: int | None = None,
+            generator: torch.Generator | None = None) -> dict[object, list[SiteData]]:
+    """Record the producer inputs and the consumer-output gradients at ``sites``.
+
+    ``batch_size=None`` uses the whole training set (in chunks of :data:`FULL_CHUNK`, weighted
+    so that the statistics are the full-data expectation); an int uses one random minibatch of
+    that size (the paper's "large minibatch", section 3). The model's parameters get no
+    gradients and the model is not changed (BatchNorm running statistics are restored); a
+    BatchNorm in train mode normalises with the batch statistics, as in a training step.
+    """
+    n = len(split.y_train)
+    if batch_size is None:
+        batches = [(split.X_train[i:i + FULL_CHUNK], split.y_train[i:i + FULL_CHUNK])
+                   for i in range(0, n, FULL_CHUNK)]
+    else:
+        index = torch.randperm(n, generator=generator)[:batch_size].to(split.y_train.device)
+        batches = [(split.X_train[index], split.y_train[index])]
+    total = sum(len(y) for _, y in batches)
+    data: dict[object, list[SiteData]] = {site: [] for site in sites}
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    for X, y in batches:
+        seen: dict[str, tuple] = {}
+        names = {name for site in sites for name in (site.producer, site.consumer)}
+        hooks = [model.get_submodule(name).register_forward_hook(
+                     lambda m, i, o, name=name, seen=seen: seen.update({name: (i[0].detach(), o)}))
+                 for name in names]
+        try:
+            value = LOSSES[loss](as_seed_batch(model(X)), y).sum()
+        finally:
+            for hook in hooks:
+                hook.remove()
+        grads = torch.autograd.grad(value, [seen[site.consumer][1] for site in sites])
+        for site, dz in zip(sites, grads):
+            h, z = seen[site.producer]
+            x_consumer = seen[site.consumer][0]
+            data[site].append(SiteData(h, dz.detach().reshape(len(X), dz.shape[1], -1),
+                                       tuple(z.shape[2:]), tuple(x_consumer.shape[2:]),
+                                       len(y) / total))
+    with torch.no_grad():  # BatchNorm running statistics: as if no forward pass happened
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+    return data
+
+
+def _producer_patches(producer: nn.Module, h: torch.Tensor, grid: tuple) -> torch.Tensor:
+    """``[N, D, H, W]``: the producer's input patch at each of its output positions."""
+    if isinstance(producer, nn.Conv2d):
+        P = F.unfold(h, producer.kernel_size, producer.dilation, producer.padding,
+                     producer.stride)
+        return P.view(len(h), P.shape[1], *grid)
+    return h.reshape(len(h), -1, 1, 1)
+
+
+def _to_consumer_grid(P: torch.Tensor, consumer: nn.Module, consumer_grid: tuple,
+                      spatial: int) -> torch.Tensor:
+    """Resize the producer's output grid to the consumer's input grid by average pooling.
+
+    Exact for average pooling (global average pooling before a classifier, or none); for max
+    pooling of the all-zero new channel the derivative is a tie, and averaging is the
+    symmetric choice (an approximation).
+    """
+    if isinstance(consumer, nn.Conv2d):
+        target = consumer_grid
+    elif spatial == 1:
+        target = (1, 1)
+    elif P.shape[2] * P.shape[3] == spatial:
+        target = tuple(P.shape[2:])
+    else:
+        side = math.isqrt(spatial)
+        if side * side != spatial:
+            raise ValueError(f"cannot infer the grid of a flatten with spatial={spatial}")
+        target = (side, side)
+    return P if tuple(P.shape[2:]) == tuple(target) else F.adaptive_avg_pool2d(P, target)
+
+
+def _consumer_patches(P: torch.Tensor, consumer: nn.Module) -> torch.Tensor:
+    """``[N, D * R, L]``: for each consumer output position, the producer patches it reads."""
+    if isinstance(consumer, nn.Conv2d):
+        return F.unfold(P, consumer.kernel_size, consumer.dilation, consumer.padding,
+                        consumer.stride)
+    return P.flatten(1).unsqueeze(-1)  # channel-major flatten, one output "position"
+
+
+def unit_inputs(model: nn.Module, site, batch: SiteData, start: int = 0,
+                stop: int | None = None) -> torch.Tensor:
+    """``[N, D * R, L]``: what a new unit's (incoming x outgoing) weights multiply, per example.
+
+    Entry ``(d, r), q`` is the producer input ``d`` that reaches consumer output position ``q``
+    through the new unit at kernel offset ``r``.
+    """
+    producer, consumer = model.get_submodule(site.producer), model.get_submodule(site.consumer)
+    P = _producer_patches(producer, batch.h[start:stop], batch.grid)
+    P = _to_consumer_grid(P, consumer, batch.consumer_grid, site.spatial)
+    return _consumer_patches(P, consumer)
+
+
+def gradient_matrix(model: nn.Module, site, data: list[SiteData]) -> torch.Tensor:
+    """The matrix of eq. (11) (dense) or eq. (20) (convolutions), shape ``[o R, D]``.
+
+    Row ``(o, r)`` is the outgoing weight from a new unit to consumer output ``o`` at kernel
+    offset ``r``; column ``d`` is the new unit's incoming weight ``d``. For a Linear -> Linear
+    site it is ``E[dL/dz_{l+1} h_{l-1}^T]`` (eq. (9)). The new unit's incoming gradient is
+    ``G^T w`` for outgoing weights ``w`` (eqs. (9), (16)), exactly, borders included.
+    """
+    D, o, R = unit_sizes(model, site)
+    G = torch.zeros(o, D * R, dtype=data[0].dz.dtype, device=data[0].dz.device)
+    for batch in data:
+        for start in range(0, len(batch.h), CHUNK):
+            Q = unit_inputs(model, site, batch, start, start + CHUNK)
+            G += batch.weight * torch.einsum("noq,nmq->om", batch.dz[start:start + CHUNK], Q)
+    return G.view(o, D, R).transpose(1, 2).reshape(o * R, D)
+
+
+def auxiliary_kernel_matrix(model: nn.Module, site, data: list[SiteData]) -> torch.Tensor:
+    """The matrix of eq. (20) the paper's way (Appendix B): an auxiliary kernel's gradient.
+
+    A zero auxiliary convolution ``W_aux`` from the producer's input to the consumer's output,
+    of kernel size ``k_l + k_{l+1} - 1`` and padding ``p_l + p_{l+1}`` (eq. (19)), has the
+    gradient ``dL/dW_aux`` (eq. (14)); extracting patches gives
+    ``G[(o, a, b), (c, u, v)] = dL/dW_aux[o, c, a + u, b + v]``. It equals
+    :func:`gradient_matrix` when neither convolution pads (with padding the composition of two
+    convolutions differs from one at the borders). Strides and dilations must be 1.
+    """
+    producer, consumer = model.get_submodule(site.producer), model.get_submodule(site.consumer)
+    convs = (producer, consumer)
+    if not all(isinstance(m, nn.Conv2d) for m in convs) or any(
+            m.stride != (1, 1) or m.dilation != (1, 1) for m in convs):
+        raise ValueError("the auxiliary kernel needs two Conv2d layers with stride 1, "
+                         "dilation 1")
+    (kh1, kw1), (kh2, kw2) = producer.kernel_size, consumer.kernel_size
+    size = (kh1 + kh2 - 1, kw1 + kw2 - 1)
+    padding = tuple(a + b for a, b in zip(producer.padding, consumer.padding))
+    c, o = producer.in_channels, consumer.out_channels
+    G_aux = 0
+    for batch in data:
+        patches = F.unfold(batch.h, size, padding=padding)
+        G_aux = G_aux + batch.weight * torch.einsum("noq,nmq->om", batch.dz, patches)
+    G_aux = G_aux.view(o, c, *size)
+    a, b, u, v = (torch.arange(n) for n in (kh2, kw2, kh1, kw1))
+    rows = (a.view(-1, 1, 1, 1) + u.view(1, 1, -1, 1)).expand(kh2, kw2, kh1, kw1)
+    cols = (b.view(1, -1, 1, 1) + v.view(1, 1, 1, -1)).expand(kh2, kw2, kh1, kw1)
+    G = G_aux[:, :, rows, cols]  # [o, c, kh2, kw2, kh1, kw1]
+    return G.permute(0, 2, 3, 1, 4, 5).reshape(o * kh2 * kw2, c * kh1 * kw1)
+
+
+def incoming_gradient_norm(G: torch.Tensor, outgoing: torch.Tensor) -> torch.Tensor:
+    """``||dL/dW_l^new||_F`` for outgoing weights ``[o, k, R]``: ``||G^T W_{l+1}^new||_F``
+    (eq. (9)), the objective of eq. (11)."""
+    o, k, R = outgoing.shape
+    W = outgoing.permute(0, 2, 1).reshape(o * R, k)
+    return (G.T @ W).norm()
+
+
+def outgoing_norms(model: nn.Module, site) -> torch.Tensor:
+    """Norm of each existing unit's outgoing weights ``[units]``."""
+    consumer = model.get_submodule(site.consumer)
+    W = consumer.weight.detach()
+    units = width(model, site)
+    return W.reshape(W.shape[0], units, -1).transpose(0, 1).reshape(units, -1).norm(dim=1)
+
+
+def incoming_norms(model: nn.Module, site) -> torch.Tensor:
+    """Norm of each existing unit's incoming weights ``[units]``."""
+    return model.get_submodule(site.producer).weight.detach().flatten(1).norm(dim=1)
+
+
+@dataclass
+class TargetNorm:
+    """The norm each new unit's weights are scaled to (GradMax section 3: "mean norm of the
+    existing neurons", times ``scale``; the public code uses 0.5), or a fixed ``value``
+    (paper section 4.2: ``epsilon = 1e-4`` on the outgoing side)."""
+
+    scale: float = 0.5
+    value: float | None = None
+
+    def __call__(self, existing: torch.Tensor) -> float:
+        if self.value is not None:
+            return self.value
+        return self.scale * float(existing.detach().mean())
+
+
+def _unit_columns(U: torch.Tensor, o: int, R: int, norm: float) -> torch.Tensor:
+    """Columns ``[o R, k]`` (unit length) -> outgoing weights ``[o, k, R]`` of norm ``norm``."""
+    U = U / U.norm(dim=0, keepdim=True).clamp_min(1e-30)
+    return (norm * U).reshape(o, R, -1).permute(0, 2, 1)
+
+
+@dataclass
+class GradMax:
+    """GradMax (eq. (11), Appendix B): incoming weights zero, outgoing weights the top-k left
+    singular vectors of the gradient matrix, each scaled to the target norm.
+
+    Then unit ``j``'s incoming gradient has norm ``c sigma_j`` and the total is
+    ``c (sigma_1^2 + ... + sigma_k^2)^(1/2)``, the maximum of eq. (11) over orthogonal units of
+    norm c (Ky Fan's theorem; without orthogonality every unit would copy the top direction).
+    ``G`` has at most ``min(o R, D)`` singular directions (e.g. 10 for a layer feeding a
+    10-class classifier): units beyond that get random outgoing directions, as in Random.
+
+    Parameters
+    ----------
+    loss : str
+        ``"mse"`` or ``"cross_entropy"``: the training loss L.
+    batch_size : int, optional
+        None: the statistic over the whole training set; an int: over one random minibatch.
+    norm : TargetNorm
+        Norm of each new unit's outgoing weights (relative to the existing units' outgoing
+        norms, or fixed).
+    conv_matrix : str
+        ``"exact"`` (:func:`gradient_matrix`) or ``"auxiliary"`` (the paper's auxiliary
+        kernel, :func:`auxiliary_kernel_matrix`) for Conv2d -> Conv2d sites.
+    seed : int
+        Seed of the minibatch draws.
+    """
+
+    loss: str = "cross_entropy"
+    batch_size: int | None = None
+    norm: TargetNorm = field(default_factory=TargetNorm)
+    conv_matrix: str = "exact"
+    seed: int = 0
+    singular_values: dict = field(default_factory=dict, repr=False)  # site -> last sigma
+
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self._cached: tuple = (lambda: None, None, {})  # (model, parameter versions, data)
+
+    def matrix(self, model: nn.Module, site, split: Split) -> torch.Tensor:
+        """The gradient matrix of ``site`` on the configured data.
+
+        The statistics of all of the model's sites come from one pass (one minibatch) and are
+        reused while the model's parameters do not change, so that growing every site at once
+        costs one forward-backward pass (paper section 4.2).
+        """
+        versions = tuple(p._version for p in model.parameters())
+        ref, cached_versions, cached = self._cached
+        if ref() is not model or cached_versions != versions or site not in cached:
+            sites = model.width_sites() if hasattr(model, "width_sites") else [site]
+            sites = sites if site in sites else [site]
+            cached = collect(model, sites, split, self.loss, self.batch_size, self.generator)
+            self._cached = (weakref.ref(model), versions, cached)
+        data = cached[site]
+        conv = isinstance(model.get_submodule(site.consumer), nn.Conv2d)
+        if conv and self.conv_matrix == "auxiliary":
+            return auxiliary_kernel_matrix(model, site, data)
+        return gradient_matrix(model, site, data)
+
+    def __call__(self, model: nn.Module, site, k: int, split: Split) -> NewUnits:
+        D, o, R = unit_sizes(model, site)
+        G = self.matrix(model, site, split)
+        U, S, _ = torch.linalg.svd(G, full_matrices=False)
+        self.singular_values[site] = S.detach().cpu()
+        c = self.norm(outgoing_norms(model, site))
+        if k > len(S):  # G has at most min(o R, D) singular directions: the rest are random
+            extra = torch.randn(len(U), k - len(S), generator=self.generator, dtype=U.dtype)
+            U = torch.cat([U, extra.to(U.device)], dim=1)
+        return NewUnits(G.new_zeros(k, D), _unit_columns(U[:, :k], o, R, c))
+
+    def describe(self) -> dict:
+        return {"how": "GradMax", "loss": self.loss, "batch_size": self.batch_size,
+                "scale": self.norm.scale, "value": self.norm.value,
+                "conv_matrix": self.conv_matrix}
+
+
+@dataclass
+class GradMaxOpt:
+    """GradMaxOpt (section 3, section 4.1): eq. (11) by projected gradient ascent.
+
+    From a random start, Adam steps on ``-||G^T W_{l+1}^new||_F^2``, each unit's outgoing weights
+    rescaled to the target norm after every step (the paper's procedure). Without the
+    orthogonality the SVD solution has, all k units drift towards the top singular vector.
+
+    ``inverse=True`` is the variant of paper Table 2: outgoing weights zero, incoming weights
+    optimised to maximise the gradient of the outgoing weights,
+    ``||E[dL/dz_{l+1} f(W_l^new h_{l-1})^T]||_F`` (eq. (8)), a non-linear objective with no SVD
+    solution; the incoming target norm is relative to the existing incoming norms.
+    """
+
+    loss: str = "cross_entropy"
+    batch_size: int | None = None
+    norm: TargetNorm = field(default_factory=TargetNorm)
+    steps: int = 100
+    lr: float = 0.01
+    inverse: bool = False
+    activation: str = "relu"
+    seed: int = 0
+
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, model: nn.Module, site, k: int, split: Split) -> NewUnits:
+        D, o, R = unit_sizes(model, site)
+        data = collect(model, [site], split, self.loss, self.batch_size, self.generator)[site]
+        if self.inverse:
+            return self._inverse(model, site, k, data, D, o, R)
+        G = gradient_matrix(model, site, data)
+        c = self.norm(outgoing_norms(model, site))
+        W = self._ascend(lambda W: (G.T @ W).pow(2).sum(), (o * R, k), c, G)
+        return NewUnits(G.new_zeros(k, D), _unit_columns(W, o, R, c))
+
+    def _inverse(self, model, site, k, data, D, o, R) -> NewUnits:
+        f = ACTIVATIONS[self.activation]
+        inputs = [(b, unit_inputs(model, site, b)) for b in data]
+        like = data[0].dz
+
+        def objective(W_in):  # W_in [D, k]: gradient of the new outgoing weights, eq. (8)
+            grad = 0
+            for batch, Q in inputs:
+                N, _, L = Q.shape
+                h_new = f(torch.einsum("ndrl,dk->nkrl", Q.view(N, D, R, L), W_in))
+                grad = grad + batch.weight * torch.einsum("nol,nkrl->okr", batch.dz, h_new)
+            return grad.pow(2).sum()
+
+        c = self.norm(incoming_norms(model, site))
+        W_in = self._ascend(objective, (D, k), c, like)
+        W_in = W_in / W_in.norm(dim=0, keepdim=True).clamp_min(1e-30) * c
+        return NewUnits(W_in.T.contiguous(), like.new_zeros(o, k, R))
+
+    def _ascend(self, objective, shape, c: float, like: torch.Tensor) -> torch.Tensor:
+        W = torch.randn(shape, generator=self.generator, dtype=like.dtype).to(like.device)
+        W = (c * W / W.norm(dim=0, keepdim=True)).requires_grad_(True)
+        opt = torch.optim.Adam([W], lr=self.lr * max(c, 1e-12))
+        for _ in range(self.steps):
+            opt.zero_grad()
+            (-objective(W)).backward()
+            opt.step()
+            with torch.no_grad():
+                W.mul_(c / W.norm(dim=0, keepdim=True).clamp_min(1e-30))
+        return W.detach()
+
+    def describe(self) -> dict:
+        return {"how": "GradMaxOpt", "loss": self.loss, "batch_size": self.batch_size,
+                "scale": self.norm.scale, "value": self.norm.value, "steps": self.steps,
+                "lr": self.lr, "inverse": self.inverse}
+
+
+@dataclass
+class Random:
+    """Random growth (Berner et al. 2019, the paper's baseline): incoming weights zero and
+    outgoing weights Gaussian, each unit scaled to the same target norm as GradMax; with
+    ``inverse=True`` outgoing zero and incoming random (paper Table 2)."""
+
+    norm: TargetNorm = field(default_factory=TargetNorm)
+    inverse: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, model: nn.Module, site, k: int, split: Split | None = None) -> NewUnits:
+        D, o, R = unit_sizes(model, site)
+        like = model.get_submodule(site.producer).weight
+        if self.inverse:
+            W = torch.randn(D, k, generator=self.generator, dtype=like.dtype).to(like.device)
+            c = self.norm(incoming_norms(model, site))
+            W = c * W / W.norm(dim=0, keepdim=True)
+            return NewUnits(W.T.contiguous(), like.new_zeros(o, k, R).detach())
+        W = torch.randn(o * R, k, generator=self.generator, dtype=like.dtype).to(like.device)
+        c = self.norm(outgoing_norms(model, site))
+        return NewUnits(like.new_zeros(k, D).detach(), _unit_columns(W, o, R, c))
+
+    def describe(self) -> dict:
+        return {"how": "Random", "scale": self.norm.scale, "value": self.norm.value,
+                "inverse": self.inverse}
+
+
+@dataclass
+class Zero:
+    """Both sides zero: the new units never receive a gradient (with a zero bias)."""
+
+    def __call__(self, model: nn.Module, site, k: int, split: Split | None = None) -> NewUnits:
+        D, o, R = unit_sizes(model, site)
+        like = model.get_submodule(site.producer).weight.detach()
+        return NewUnits(like.new_zeros(k, D), like.new_zeros(o, k, R))
+
+    def describe(self) -> dict:
+        return {"how": "Zero"}
+
+
+@dataclass
+class FireflyOpt:
+    """Firefly-Opt (paper section 4.2, a simpler Firefly of Wu et al. 2020): new units trained
+    for a few steps to lower the training loss directly.
+
+    Start: random incoming weights at the incoming target norm and random outgoing weights of
+    norm ``epsilon`` per unit (paper: 1e-4; Firefly needs non-zero outgoing weights to see the
+    loss). Then ``steps`` Adam steps on minibatches, on the new weights only, each side
+    projected back to its norm after every step. The output changes by O(epsilon).
+    """
+
+    loss: str = "cross_entropy"
+    batch_size: int | None = 128
+    norm: TargetNorm = field(default_factory=TargetNorm)
+    epsilon: float = 1e-4
+    steps: int = 10
+    lr: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, model: nn.Module, site, k: int, split: Split) -> NewUnits:
+        seed = int(torch.randint(2**31, (1,), generator=self.generator))
+        start = Random(self.norm, inverse=True, seed=seed)(model, site, k, split)
+        direction = Random(TargetNorm(value=self.epsilon), seed=seed + 1)(model, site, k)
+        W_in = start.incoming.clone().requires_grad_(True)
+        W_out = direction.outgoing.clone().requires_grad_(True)
+        grown = widen(model, [(site, k)], lambda *args: NewUnits(W_in.detach(),
+                                                                  W_out.detach())).model
+        old_in = model.get_submodule(site.producer).weight.detach()
+        old_out = model.get_submodule(site.consumer).weight.detach()
+        c_in = float(start.incoming.norm(dim=1).mean())
+        opt = torch.optim.Adam([W_in, W_out], lr=self.lr)
+        for _ in range(self.steps):
+            X, y = next(split.minibatches(self.batch_size, self.generator))
+            params = {f"{site.producer}.weight":
+                      torch.cat([old_in, W_in.view(k, *old_in.shape[1:])]),
+                      f"{site.consumer}.weight":
+                      torch.cat([old_out, W_out.reshape(len(old_out), -1, *old_out.shape[2:])
+                                 if old_out.dim() > 2 else W_out.reshape(len(old_out), -1)],
+                                dim=1)}
+            out = torch.func.functional_call(grown, params, (X,))
+            opt.zero_grad()
+            LOSSES[self.loss](as_seed_batch(out), y).sum().backward()
+            opt.step()
+            with torch.no_grad():
+                W_in.mul_(c_in / W_in.norm(dim=1, keepdim=True).clamp_min(1e-30))
+                W_out.mul_(self.epsilon / W_out.norm(dim=(0, 2), keepdim=True).clamp_min(1e-30))
+        return NewUnits(W_in.detach(), W_out.detach())
+
+    def describe(self) -> dict:
+        return {"how": "FireflyOpt", "loss": self.loss, "batch_size": self.batch_size,
+                "scale": self.norm.scale, "epsilon": self.epsilon, "steps": self.steps,
+                "lr": self.lr}
+
+
+def _by_producer(model: nn.Module) -> dict:
+    return {site.producer: site for site in model.width_sites()}
+
+
+@dataclass
+class FixedSites:
+    """WHERE: always the same sites, by producer name, with ``units`` new units each
+    (the paper's fixed schedule: GradMax section 4.1 grows the one hidden layer)."""
+
+    units: dict[str, int]
+
+    def __call__(self, model: nn.Module, split: Split) -> tuple[list, dict]:
+        sites = _by_producer(model)
+        return [(sites[name], k) for name, k in self.units.items()], {"units": self.units}
+
+    def describe(self) -> dict:
+        return {"criterion": "FixedSites", "units": self.units}
+
+
+@dataclass
+class GrowToWidths:
+    """WHERE: grow every site from its initial width to ``factor`` times it in ``growths``
+    equal steps (paper section 4.2: "we add new neurons to all layers with reduced initial
+    width, proportional to their target widths"; width x0.25 -> x1 is ``factor=4``).
+
+    Stateful: the initial widths are read at the first call.
+    """
+
+    factor: float
+    growths: int
+    initial: dict[str, int] = field(default_factory=dict)
+    done: int = 0
+
+    def __call__(self, model: nn.Module, split: Split) -> tuple[list, dict]:
+        sites = _by_producer(model)
+        if not self.initial:
+            self.initial = {name: width(model, site) for name, site in sites.items()}
+        self.done += 1
+        units = {}
+        for name, site in sites.items():
+            target = round(self.initial[name] * (1 + (self.factor - 1) * min(
+                self.done, self.growths) / self.growths))
+            units[name] = max(0, target - width(model, site))
+        return [(sites[n], k) for n, k in units.items() if k > 0], {"units": units}
+
+    def describe(self) -> dict:
+        return {"criterion": "GrowToWidths", "factor": self.factor, "growths": self.growths}
+
+
+@dataclass
+class LargestSingularValue:
+    """WHERE: the sites where GradMax predicts the largest gradient (paper section 3: "layers
+    to grow could be chosen depending on which have the largest singular values").
+
+    A site's score is the norm of the new incoming weights' gradient that GradMax with ``k``
+    units would give, ``c (sigma_1^2 + ... + sigma_k^2)^(1/2)``, so that sites are compared at
+    the norms they would actually get.
+    """
+
+    k: int = 1
+    n_sites: int = 1
+    how: GradMax = field(default_factory=GradMax)
+
+    def scores(self, model: nn.Module, split: Split) -> dict[str, float]:
+        """Producer name -> predicted gradient norm of ``k`` new GradMax units."""
+        out = {}
+        for name, site in _by_producer(model).items():
+            S = torch.linalg.svdvals(self.how.matrix(model, site, split))
+            c = self.how.norm(outgoing_norms(model, site))
+            out[name] = c * float(S[:self.k].norm())
+        return out
+
+    def __call__(self, model: nn.Module, split: Split) -> tuple[list, dict]:
+        scores = self.scores(model, split)
+        chosen = sorted(scores, key=scores.get, reverse=True)[:self.n_sites]
+        sites = _by_producer(model)
+        return [(sites[name], self.k) for name in chosen], {"scores": scores, "chosen": chosen}
+
+    def describe(self) -> dict:
+        return {"criterion": "LargestSingularValue", "k": self.k, "n_sites": self.n_sites}

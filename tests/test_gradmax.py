@@ -1,0 +1,220 @@
+"""GradMax (growcore.gradmax) against closed-form theory and brute-force autograd.
+
+* eq. (9)/(11): with zero incoming weights the new units' incoming gradient is ``G^T W_out``;
+  the SVD initialisation reaches ``c (sigma_1^2 + ... + sigma_k^2)^(1/2)`` and no random
+  orthogonal set of directions of the same norm does better.
+* Appendix B: the convolution matrix maps outgoing filters to the incoming-filter gradient that
+  autograd computes in the grown network (padding, stride, flatten and pooling included), and
+  the auxiliary-kernel construction agrees with it where it is exact (no padding).
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from growcore.activations import ReLUWithSlopeAtZero
+from growcore.data import Split
+from growcore.gradmax import (
+    FireflyOpt,
+    FixedSites,
+    GradMax,
+    GradMaxOpt,
+    GrowToWidths,
+    LargestSingularValue,
+    Random,
+    TargetNorm,
+    Zero,
+    auxiliary_kernel_matrix,
+    collect,
+    gradient_matrix,
+    incoming_gradient_norm,
+)
+from growcore.losses import LOSSES
+from growcore.models.mlp import MLP, teacher
+from growcore.models.sites import WidthSite
+from growcore.widen import NewUnits, widen
+
+DTYPE = torch.float64
+GRAD_TOL = 1e-9  # relative: two float64 computations of the same gradient
+N_RANDOM = 1000  # random directions that GradMax must beat (issue 3)
+
+
+def _teacher_student(widths_teacher=(8, 6, 4), widths_student=(8, 3, 4), n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, widths_teacher[0], generator=g, dtype=DTYPE)
+    y = teacher(list(widths_teacher), g).to(DTYPE)(X)
+    torch.manual_seed(seed)
+    student = MLP(list(widths_student)).to(DTYPE)
+    return student, Split(X, y)
+
+
+def _incoming_gradient(model, site, k, split, loss="mse"):
+    """Autograd: gradient of the loss w.r.t. the new units' incoming weights [k, D]."""
+    model.zero_grad()
+    LOSSES[loss](model(split.X_train).unsqueeze(0), split.y_train).sum().backward()
+    return model.get_submodule(site.producer).weight.grad[-k:].flatten(1)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_svd_gradient_norm_matches_singular_values_and_beats_random(k):
+    student, split = _teacher_student()
+    site = student.width_sites()[0]
+    how = GradMax(loss="mse", norm=TargetNorm(value=0.7))
+    grown = widen(student, [(site, k)], how, split).model
+    sigma = how.singular_values[site]
+    predicted = 0.7 * sigma[:k].norm()
+    measured = _incoming_gradient(grown, site, k, split).norm()
+    assert abs(measured - predicted) <= GRAD_TOL * predicted
+    G = gradient_matrix(student, site, collect(student, [site], split, "mse")[site])
+    # random orthonormal frames at GradMax's norm (for k > 1 the SVD maximises over
+    # orthogonal units, Ky Fan; non-orthogonal units may all copy the top direction)
+    W = 0.7 * torch.linalg.qr(torch.randn(N_RANDOM, G.shape[0], k, dtype=DTYPE)).Q
+    random_norms = (G.T @ W).flatten(1).norm(dim=1)
+    assert random_norms.max() <= predicted * (1 + GRAD_TOL)
+    # the same formula, checked by autograd on one random draw
+    rand = Random(TargetNorm(value=0.7), seed=3)
+    new = rand(student, site, k, split)
+    grown = widen(student, [(site, k)], lambda *a: new).model
+    assert torch.allclose(_incoming_gradient(grown, site, k, split).norm(),
+                          incoming_gradient_norm(G, new.outgoing), rtol=GRAD_TOL)
+
+
+def test_gradmax_opt_does_not_beat_svd():
+    student, split = _teacher_student()
+    site = student.width_sites()[0]
+    svd = GradMax(loss="mse", norm=TargetNorm(value=1.0))
+    opt = GradMaxOpt(loss="mse", norm=TargetNorm(value=1.0), steps=50)
+    G = gradient_matrix(student, site, collect(student, [site], split, "mse")[site])
+    best = incoming_gradient_norm(G, svd(student, site, 1, split).outgoing)
+    found = incoming_gradient_norm(G, opt(student, site, 1, split).outgoing)
+    assert found <= best * (1 + GRAD_TOL)
+
+
+def test_pytorch_relu_kills_the_gradient_of_zero_incoming_weights():
+    """Why the models use relu1: with relu'(0) = 0, eq. (7) has the factor f'(0) = 0."""
+    student, split = _teacher_student()
+    site = student.width_sites()[0]
+    for activation, vanishes in (("relu", True), ("relu1", False)):
+        student.activation = activation
+        grown = widen(student, [(site, 1)], GradMax(loss="mse"), split).model
+        assert (_incoming_gradient(grown, site, 1, split).norm() == 0) == vanishes
+
+
+def test_minibatch_of_all_data_equals_full_statistic():
+    student, split = _teacher_student()
+    site = student.width_sites()[0]
+    full = GradMax(loss="mse").matrix(student, site, split)
+    mini = GradMax(loss="mse", batch_size=len(split.y_train)).matrix(student, site, split)
+    assert torch.allclose(full, mini, rtol=GRAD_TOL, atol=0)
+
+
+class TinyConv(nn.Module):
+    """conv1 (producer) -> relu1 -> [pool] -> conv2 (stride 2) -> relu1 -> head."""
+
+    def __init__(self, padding=1, stride=2, pool=None, head="flatten"):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 3, 3, padding=padding, bias=False)
+        self.conv2 = nn.Conv2d(3, 4, 3, padding=padding, stride=stride)
+        self.pool, self.head_kind = pool, head
+        self.f = ReLUWithSlopeAtZero(1.0)
+        self.conv3 = nn.Conv2d(4, 2, 1)  # reads conv2's channels (a 1x1 consumer)
+        side = self._side()
+        self.fc = nn.Linear(2 * (side * side if head == "flatten" else 1), 3)
+
+    def _side(self):
+        with torch.no_grad():
+            return self._features(torch.zeros(1, 2, 8, 8)).shape[-1]
+
+    def _features(self, x):
+        x = self.f(self.conv1(x))
+        if self.pool == "avg":
+            x = nn.functional.avg_pool2d(x, 2)
+        return self.f(self.conv3(self.f(self.conv2(x))))
+
+    def forward(self, x):
+        x = self._features(x)
+        x = x.flatten(1) if self.head_kind == "flatten" else x.mean(dim=(2, 3))
+        return self.fc(x)
+
+    def width_sites(self):
+        spatial = self.fc.in_features // 2
+        return [WidthSite("conv1", None, "conv2"), WidthSite("conv2", None, "conv3"),
+                WidthSite("conv3", None, "fc", spatial)]
+
+
+CONV_CASES = {
+    "padding, stride": {"padding": 1, "stride": 2},
+    "no padding": {"padding": 0, "stride": 1},
+    "average pooling": {"padding": 1, "stride": 1, "pool": "avg"},
+    "global average head": {"padding": 1, "stride": 2, "head": "mean"},
+}
+
+
+@pytest.mark.parametrize("case", CONV_CASES.values(), ids=CONV_CASES.keys())
+def test_conv_matrix_matches_brute_force_gradient(case):
+    torch.manual_seed(0)
+    net = TinyConv(**case).to(DTYPE)
+    X = torch.randn(5, 2, 8, 8, dtype=DTYPE)
+    split = Split(X, torch.randn(5, 3, dtype=DTYPE))
+    for site in net.width_sites():
+        G = gradient_matrix(net, site, collect(net, [site], split, "mse")[site])
+        new = Random(TargetNorm(value=1.0), seed=1)(net, site, 2)
+        grown = widen(net, [(site, 2)], lambda *a, new=new: new).model
+        autograd = _incoming_gradient(grown, site, 2, split)
+        o, k, R = new.outgoing.shape
+        predicted = (G.T @ new.outgoing.permute(0, 2, 1).reshape(o * R, k)).T
+        assert torch.allclose(autograd, predicted, rtol=1e-8, atol=1e-12), site
+
+
+def test_auxiliary_kernel_equals_exact_matrix_without_padding():
+    torch.manual_seed(0)
+    net = TinyConv(padding=0, stride=1).to(DTYPE)
+    X = torch.randn(5, 2, 8, 8, dtype=DTYPE)
+    split = Split(X, torch.randn(5, 3, dtype=DTYPE))
+    site = net.width_sites()[0]
+    data = collect(net, [site], split, "mse")[site]
+    assert auxiliary_kernel_matrix(net, site, data).shape == (4 * 9, 2 * 9)
+    assert torch.allclose(auxiliary_kernel_matrix(net, site, data),
+                          gradient_matrix(net, site, data), rtol=1e-10, atol=1e-14)
+
+
+def test_every_initialiser_keeps_the_function_except_firefly_by_epsilon():
+    student, split = _teacher_student()
+    site = student.width_sites()[0]
+    before = student(split.X_train)
+    for how in (GradMax(loss="mse"), GradMaxOpt(loss="mse", steps=5), Random(), Zero(),
+                GradMaxOpt(loss="mse", steps=5, inverse=True), Random(inverse=True)):
+        grown = widen(student, [(site, 2)], how, split).model
+        # equal up to float64 rounding: the wider matmul may sum in another order
+        assert torch.allclose(grown(split.X_train), before, rtol=1e-12, atol=1e-14), \
+            type(how).__name__
+    firefly = FireflyOpt(loss="mse", batch_size=50, epsilon=1e-4, steps=5)
+    new = firefly(student, site, 2, split)
+    assert torch.allclose(new.outgoing.norm(dim=(0, 2)), torch.full((2,), 1e-4, dtype=DTYPE))
+    grown = widen(student, [(site, 2)], lambda *a: new).model
+    loss = LOSSES["mse"]
+    assert loss(grown(split.X_train)[None], split.y_train) < loss(before[None], split.y_train)
+
+
+def test_where_criteria():
+    student, split = _teacher_student(widths_student=(8, 3, 3, 4))
+    sites, info = LargestSingularValue(k=2, how=GradMax(loss="mse"))(student, split)
+    assert len(sites) == 1 and sites[0][1] == 2
+    assert info["chosen"][0] == max(info["scores"], key=info["scores"].get)
+    grow = GrowToWidths(factor=3, growths=2)
+    for _ in range(3):  # a third call adds nothing: the target is reached
+        sites, _ = grow(student, split)
+        student = widen(student, sites, Zero()).model
+    assert student.widths == [8, 9, 9, 4]
+    sites, _ = FixedSites({"layers.1": 2})(student, split)
+    assert sites == [(student.width_sites()[1], 2)]
+
+
+def test_new_units_layout_for_conv():
+    net = TinyConv().to(DTYPE)
+    site = net.width_sites()[0]
+    new = NewUnits(torch.arange(18.0, dtype=DTYPE).view(1, 18),
+                   torch.arange(36.0, dtype=DTYPE).view(4, 1, 9))
+    grown = widen(net, [(site, 1)], lambda *a: new).model
+    assert torch.equal(grown.conv1.weight[3].flatten(), new.incoming[0])
+    assert torch.equal(grown.conv2.weight[:, 3].flatten(1), new.outgoing[:, 0])

@@ -1,0 +1,57 @@
+"""The GradMax notebook: papermill with invalid parameters, and the records its smoke run wrote
+(the run itself is shared with the book test, see conftest.py)."""
+
+import json
+
+import papermill
+import pytest
+
+from growcore.chapters.gradmax import CIFAR_METHODS, TS_METHODS
+from growcore.runner import REPO_ROOT
+
+NOTEBOOK = REPO_ROOT / "notebooks" / "gradmax.ipynb"
+
+pytestmark = pytest.mark.slow
+
+
+def _execute(tmp_path, monkeypatch, **parameters):
+    monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path / "results"))
+    return papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=parameters,
+        kernel_name="python3", cwd=str(NOTEBOOK.parent), progress_bar=False)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("n_seeds", 0, "parameter 'n_seeds' must be int >= 1; got 0"),
+    ("cifar_models", ["resnet50"], "parameter 'cifar_models' must be a list of str one of"),
+    ("ts_small_interval", 400, "parameter 'ts_small_interval': 5 growths every 400 steps"),
+])
+def test_bad_parameter_stops_before_compute(tmp_path, monkeypatch, name, value, message):
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        _execute(tmp_path, monkeypatch, **{name: value})
+    assert message in str(error.value)
+    assert "ParameterError" in error.value.ename
+    assert not (tmp_path / "results").exists(), "nothing may be computed or written"
+
+
+def _records(smoke_book) -> dict[str, dict]:
+    paths = (smoke_book.results / "gradmax" / "smoke").glob("*.json")
+    return {r["name"]: r for r in (json.loads(path.read_text()) for path in paths)}
+
+
+def test_smoke_records_are_complete(smoke_book):
+    records = _records(smoke_book)
+    expected = ([f"{size} {m}" for size in ("small", "large") for m in TS_METHODS]
+                + [f"vgg11 {m}" for m in CIFAR_METHODS] + ["Fig2a", "Fig2c", "Fig6 alignment"])
+    assert set(expected) <= set(records)
+    for name in expected[:10]:
+        record = records[name]
+        config, metrics = record["config"], record["metrics"]
+        assert record["preset"] == "smoke" and record["environment"]["code_version"]
+        assert len(metrics["loss"]) == len(config["seeds"])
+        assert all(len(row) == config["iterations"] for row in metrics["loss"])
+        growths = config["growth"]["count"] if config["growth"] else 0
+        hidden = config["student"][1] + growths * (config["growth"] or {}).get("units", 0)
+        assert all(widths[1] == hidden for widths in metrics["final_widths"])
+    for name in expected[10:15]:
+        assert len(records[name]["metrics"]["test_error"]) == len(records[name]["seeds"])
