@@ -1,0 +1,83 @@
+"""NAGN benchmarks, printed as ratios measured in one run (this machine is noisy: compare
+within a run, not across runs).
+
+1. The NAGN statistics (hooks adding squared activation-gradient norms during the normal
+   backward pass) per epoch, as a fraction of a plain epoch (the paper: "negligible").
+2. One growth step (NAGN increments, eq. (1) widening, optimiser state carried) against one
+   training step.
+
+The Fig. 1 net [[8, 3, 8], [16, 4, 16], [32, 4, 32]] on random 32x32 images (timing only).
+Run: ``make bench`` or ``.venv/bin/python bench/bench_nagn.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from growcore.data import Split
+from growcore.models.vgg import NAGN_EXAMPLE, VGG
+from growcore.nagn import NAGN, KaimingNew, NAGNObserver
+from growcore.optim import make_optimizer, rebuild_optimizer
+from growcore.train import train
+from growcore.widen import widen
+
+N_TRAIN, BATCH = 4000, 500   # one "epoch" of 8 batches of the paper's size
+REPEATS = 5                  # growth steps timed
+
+
+def seconds(fn, repeats: int = 1) -> float:
+    """Best of three timings of ``repeats`` calls (the minimum is least disturbed by noise)."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    data = Split(torch.randint(0, 256, (N_TRAIN, 3, 32, 32), dtype=torch.uint8),
+                 torch.randint(10, (N_TRAIN,)))
+    iterations = N_TRAIN // BATCH
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+
+    def epoch(observed: bool):
+        model = VGG(NAGN_EXAMPLE, head="flatten")
+        observers = [NAGNObserver(window=iterations)] if observed else None
+        train(model, data, iterations=iterations, lr=1e-3, optimizer="adamw",
+              batch_size=BATCH, observers=observers, eval_every=iterations, progress=False)
+
+    plain, observed = seconds(lambda: epoch(False)), seconds(lambda: epoch(True))
+    print(f"-- one epoch of {iterations} batches of {BATCH}: plain {plain:.2f} s, with NAGN "
+          f"statistics {observed:.2f} s, overhead = {100 * (observed / plain - 1):+.1f} %")
+
+    model = VGG(NAGN_EXAMPLE, head="flatten")
+    observer = NAGNObserver(window=iterations)
+    observer.attach(model)
+    opt = make_optimizer("adamw", model.parameters(), 1e-3, weight_decay=1e-2)
+
+    def step():
+        X, y = data.X_train[:BATCH], data.y_train[:BATCH]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+
+    step()
+    where = NAGN(observer)
+
+    def grow():
+        sites, _ = where(model, data)
+        growth = widen(model, sites, KaimingNew())
+        rebuild_optimizer(opt, model, growth)
+
+    t_grow, t_step = seconds(grow, REPEATS) / REPEATS, seconds(step, REPEATS) / REPEATS
+    print(f"-- growth step {1e3 * t_grow:.1f} ms, training step {1e3 * t_step:.1f} ms, "
+          f"growth/step = {t_grow / t_step:.2f}")
+
+
+if __name__ == "__main__":
+    main()

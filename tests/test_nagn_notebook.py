@@ -1,0 +1,65 @@
+"""The NAGN notebook: papermill with invalid parameters, and the records its smoke run wrote
+(the run itself is shared with the book test, see conftest.py)."""
+
+import json
+
+import papermill
+import pytest
+
+from growcore.runner import REPO_ROOT
+
+NOTEBOOK = REPO_ROOT / "notebooks" / "nagn.ipynb"
+
+pytestmark = pytest.mark.slow
+
+
+def _execute(tmp_path, monkeypatch, **parameters):
+    monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path / "results"))
+    return papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=parameters,
+        kernel_name="python3", cwd=str(NOTEBOOK.parent), progress_bar=False)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("tau", -0.1, "parameter 'tau' must be float >= 0; got -0.1"),
+    ("configurations", [[[4], [0]]], "parameter 'configurations': every entry must be"),
+    ("n_val", 46000, "parameter 'n_train': n_train + n_val must not exceed"),
+])
+def test_bad_parameter_stops_before_compute(tmp_path, monkeypatch, name, value, message):
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        _execute(tmp_path, monkeypatch, **{name: value})
+    assert message in str(error.value)
+    assert "ParameterError" in error.value.ename
+    assert not (tmp_path / "results").exists(), "nothing may be computed or written"
+
+
+def _records(smoke_book):
+    return [json.loads(p.read_text()) for p in smoke_book.results.rglob("nagn/**/*.json")]
+
+
+def test_smoke_records_hold_the_growth_and_its_static_baseline(smoke_book):
+    records = {r["name"]: r for r in _records(smoke_book)}
+    assert {"bottleneck", "fig1", "grown [[4], [4], [8]]", "static [[4], [4], [8]]"} <= \
+        set(records)
+    for record in records.values():
+        assert record["preset"] == "smoke" and record["environment"]["code_version"]
+    grown, static = records["grown [[4], [4], [8]]"], records["static [[4], [4], [8]]"]
+    for g, s in zip(grown["runs"], static["runs"]):
+        assert g["seed"] == s["seed"] and s["widths"] == g["final_widths"] == s["final_widths"]
+        assert not s["events"]
+    fig1 = records["fig1"]
+    for run in fig1["runs"]:  # the smoke preset forces a growth (delta_acc = 1)
+        event = run["events"][0]
+        assert len(event["nagn"]) == 10 and event["increments"][-1] >= 0
+        widths = [w for block in run["final_widths"] for w in block]
+        assert widths == [n + d for n, d in zip(event["widths"], event["increments"])] or \
+            len(run["events"]) > 1
+    profiles = records["bottleneck"]["profiles"]
+    assert set(profiles) == {"after BatchNorm", "before BatchNorm"}
+    assert all(len(row) == 10 for rows in profiles.values() for row in rows)
+
+
+def test_chapter_has_its_figures(require_build):
+    html = (require_build.html / "book" / "chapters" / "nagn.html").read_text()
+    for name in ("nagn-fig-bottleneck", "nagn-fig-1", "nagn-fig-2"):
+        assert f'id="{name}"' in html
