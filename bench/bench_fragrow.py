@@ -1,0 +1,104 @@
+"""FRAGrow benchmarks, printed as ratios measured in one run (this machine is noisy: compare
+within a run, not across runs).
+
+1. Time per epoch of the seed, of the target and of a growing run (FRAGrow), and the
+   normalised training time of the slides' Table 5: the growing run's wall time (and FLOPs)
+   in per cent of training the target directly.
+2. The cost of one growth step (copying blocks, rebuilding the optimiser) relative to one
+   training epoch of the target.
+
+Data: CIFAR-10 from the offline archive when available (see growcore.images), otherwise random
+images of the same shape (timings do not depend on the pixels).
+
+Run: ``make bench`` or ``.venv/bin/python bench/bench_fragrow.py``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+
+from growcore.blocks import BlockInit, StageOrder, add_blocks
+from growcore.chapters import fragrow
+from growcore.images import CIFAR10_CLASSES, DataNotFoundError, ImageSplit
+from growcore.optim import make_optimizer, rebuild_optimizer
+
+PARAMS = {"preset": "cpu", "dataset": "cifar10", "architecture": "resnet",
+          "seed_blocks": [1, 1, 1], "target_blocks": [3, 3, 3], "widths": [16, 32, 64],
+          "regimes": ["bench"], "n_train": [1024], "epochs": [6], "finetune_min": [1],
+          "augment": [True],
+          "n_val": 256, "n_test": 256, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
+          "momentum": 0.9, "alpha": 4.0, "alphas": [], "fast_factor": 4.0, "patience": 2,
+          "lipgrow_tolerance": 1.1, "moment_decay": 0.9, "tables": [5], "n_seeds": 1,
+          "device": "cpu", "threads": 2, "reuse_records": False, "progress": False}
+
+
+def split_for(data: dict):
+    try:
+        return fragrow.load_split(data)
+    except DataNotFoundError:
+        generator = torch.Generator().manual_seed(0)
+
+        def images(n):
+            return torch.randint(0, 256, (n, 3, 32, 32), generator=generator,
+                                 dtype=torch.uint8)
+
+        labels = torch.arange(data["n_train"]) % 10
+        return ImageSplit(images(data["n_train"]), labels, images(data["n_test"]),
+                          labels[:data["n_test"]], images(data["n_val"]),
+                          labels[:data["n_val"]], classes=CIFAR10_CLASSES,
+                          source="random images")
+
+
+def normalised_time() -> None:
+    p = fragrow.validate(PARAMS)
+    runs = fragrow.experiments(p)
+    split = split_for(next(iter(runs.values()))["data"])
+    out = {}
+    with tempfile.TemporaryDirectory() as directory:
+        warm_up = {**next(iter(runs.values())), "epochs": 2}  # untimed: first calls are slow
+        fragrow.run("warm-up", warm_up, directory=directory, preset="bench", progress=False,
+                    split=split)
+        for name, config in runs.items():
+            out[config["method"]] = fragrow.run(name, config, directory=directory,
+                                                preset="bench", progress=False, split=split)
+    large = out["large"]
+    print(f"ResNet {p['seed_blocks']} -> {p['target_blocks']}, widths {p['widths']}, "
+          f"{p['n_train'][0]} images, {p['epochs'][0]} epochs, batch {p['batch_size']}")
+    for method, record in out.items():
+        metrics, ipe = record["metrics"], record["iterations_per_epoch"]
+        per_epoch = record["wall_time_s"] / record["config"]["epochs"]
+        time_pc = 100 * record["wall_time_s"] / large["wall_time_s"]
+        cost_pc = 100 * metrics["cost_flops"] / large["metrics"]["cost_flops"]
+        growth = [round(e["iteration"] / ipe, 2) for e in metrics["events"]]
+        print(f"  {method:8s} {per_epoch:6.2f} s/epoch   time {time_pc:6.1f} %   "
+              f"FLOPs {cost_pc:6.1f} %   growth at epochs {growth}")
+
+
+def growth_step_cost() -> None:
+    torch.manual_seed(0)
+    model = fragrow.build_model("resnet", [1, 1, 1], [16, 32, 64], 10)
+    opt = make_optimizer("sgd", model.parameters(), 0.1, momentum=0.9)
+    X, y = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8), torch.arange(128) % 10
+    torch.nn.functional.cross_entropy(model(X), y).backward()
+    opt.step()
+    where = StageOrder([1, 1, 1], [3, 3, 3])
+    start = time.perf_counter()
+    growth = add_blocks(model, where.sites([1, 1, 1]), BlockInit())
+    rebuild_optimizer(opt, model, growth)
+    grow_s = time.perf_counter() - start
+    target = fragrow.build_model("resnet", [3, 3, 3], [16, 32, 64], 10)
+    start = time.perf_counter()
+    for _ in range(3):
+        torch.nn.functional.cross_entropy(target(X), y).backward()
+    step_s = (time.perf_counter() - start) / 3
+    print(f"one growth step: {1e3 * grow_s:.1f} ms = {grow_s / step_s:.2f} training steps "
+          f"of the target (batch 128)")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(PARAMS["threads"])
+    normalised_time()
+    growth_step_cost()

@@ -1,0 +1,421 @@
+"""The FRAGrow chapter (``notebooks/fragrow.ipynb``): parameters, experiments and tables.
+
+Every run grows a staged network (or trains a fixed one) on an image split with the spine's
+:func:`growcore.train.train`: SGD with momentum, the learning rate constant while growing and
+then cosine decay (:class:`growcore.fragrow.GrowThenCosine`), one evaluation per epoch (the
+when-policies read it), the test error measured once at the end in evaluation mode.
+Methods, by the slides' tables: ``small`` and ``large`` (seed and target trained directly),
+``FRAGrow``, ``periodic``, ``fast`` (periodic at a fraction of ``I_max``: Table 1's fast
+growth; periodic at ``I_max`` is its slow growth), ``convergent``, ``LipGrow``, and the
+ablations ``FRAGrow a=<alpha>`` (Table 8), ``<method> circulating`` (Table 9) and
+``<method> moment`` (Table 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+import time
+
+import torch
+
+from growcore import results
+from growcore.blocks import BlockInit, MomentTracker, StageOrder, add_blocks, depths, unwrap
+from growcore.distributed import Agreed, distributed_op, init_from_environment, shard, wrap
+from growcore.fragrow import (
+    Convergent,
+    FRAGrow,
+    GrowThenCosine,
+    LipGrow,
+    Periodic,
+    average_training_epochs,
+)
+from growcore.images import augment_cifar, cifar10, cifar100
+from growcore.models.mobilenet import MobileNetV2
+from growcore.models.resnet import resnet
+from growcore.models.vgg import vgg_staged
+from growcore.params import Spec, require
+from growcore.params import validate as validate_all
+from growcore.paths import results_dir
+from growcore.runner import NOTEBOOKS_DIR, load_preset
+from growcore.runtime import DEVICES, resolve_device
+from growcore.train import GrowthPlan, evaluate, train
+
+PRESETS = ("smoke", "cpu", "gpu")
+ARCHITECTURES = ("resnet", "vgg", "mobilenetv2")
+DATASETS = ("cifar10", "cifar100")
+TABLES = (1, 5, 6, 8, 9, 10)
+GROWING = ("FRAGrow", "periodic", "convergent")  # the methods of the ablation tables
+MOBILENET_FIRST_WIDTH = 24
+
+PARAMETERS = {
+    "preset": Spec(str, choices=PRESETS),
+    "dataset": Spec(str, choices=DATASETS),
+    "architecture": Spec(str, choices=ARCHITECTURES),
+    "seed_blocks": Spec(list, item=int, minimum=1, min_length=1),
+    "target_blocks": Spec(list, item=int, minimum=1, min_length=1),
+    "widths": Spec(list, item=int, minimum=1, min_length=1),
+    "regimes": Spec(list, item=str, min_length=1),
+    "n_train": Spec(list, item=int, minimum=1, min_length=1),
+    "epochs": Spec(list, item=int, minimum=2, min_length=1),
+    "finetune_min": Spec(list, item=int, minimum=1, min_length=1),
+    "augment": Spec(list, item=bool, min_length=1),
+    "n_val": Spec(int, minimum=1),
+    "n_test": Spec(int, minimum=1),
+    "batch_size": Spec(int, minimum=1),
+    "lr": Spec(float, minimum=0),
+    "weight_decay": Spec(float, minimum=0),
+    "momentum": Spec(float, minimum=0, maximum=1),
+    "alpha": Spec(float),
+    "alphas": Spec(list, item=float),
+    "fast_factor": Spec(float, minimum=1),
+    "patience": Spec(int, minimum=1),
+    "lipgrow_tolerance": Spec(float, minimum=1),
+    "moment_decay": Spec(float, minimum=0, maximum=0.999),
+    "tables": Spec(list, item=int, choices=TABLES, min_length=1),
+    "n_seeds": Spec(int, minimum=1),
+    "device": Spec(str, choices=DEVICES),
+    "threads": Spec(int, minimum=1),
+    "reuse_records": Spec(bool),
+    "progress": Spec(bool),
+}
+
+
+def validate(namespace: dict) -> dict:
+    """Check the notebook's parameters (picked by name from ``namespace``) before compute."""
+    p = validate_all({k: namespace[k] for k in PARAMETERS if k in namespace}, PARAMETERS)
+    require(len(p["seed_blocks"]) == len(p["target_blocks"]) == len(p["widths"]),
+            "seed_blocks/target_blocks/widths", "need one entry per stage in each")
+    require(all(a <= b for a, b in zip(p["seed_blocks"], p["target_blocks"]))
+            and p["seed_blocks"] != p["target_blocks"], "target_blocks",
+            f"must be deeper than seed_blocks {p['seed_blocks']}; got {p['target_blocks']}")
+    require(p["architecture"] != "mobilenetv2" or len(p["widths"]) == 5, "widths",
+            "MobileNetV2 has five growing stages (widths[0] / 24 is its width multiplier)")
+    require(len(p["regimes"]) == len(p["n_train"]) == len(p["epochs"])
+            == len(p["finetune_min"]) == len(p["augment"]),
+            "regimes/n_train/epochs/finetune_min/augment",
+            "need one entry per regime in each")
+    require(bool({5, 6, 8} & set(p["tables"])), "tables",
+            "must include a table with a FRAGrow run (5, 6 or 8)")
+    require(all(f < e for f, e in zip(p["finetune_min"], p["epochs"])), "finetune_min",
+            f"every entry must be below the regime's epochs {p['epochs']}")
+    return p
+
+
+def build_model(architecture: str, blocks: list[int], widths: list[int], num_classes: int):
+    """The staged network with ``blocks`` per stage (He initialisation)."""
+    if architecture == "resnet":
+        return resnet(blocks, num_classes, widths=widths)
+    if architecture == "vgg":
+        return vgg_staged(blocks, widths, num_classes)
+    # MobileNetV2 takes a width multiplier: the first growing stage has 24 channels at 1.0
+    return MobileNetV2(blocks, width=widths[0] / MOBILENET_FIRST_WIDTH, num_classes=num_classes)
+
+
+def stage_counts(architecture: str, blocks: list[int]) -> list[int]:
+    """Blocks of every stage of the model (MobileNetV2 has a fixed first and last stage)."""
+    return [1, *blocks, 1] if architecture == "mobilenetv2" else list(blocks)
+
+
+def config(p: dict, regime: int, method: str, seed: int) -> dict:
+    """Configuration of one run (see :func:`run`)."""
+    alpha, order, init, base = p["alpha"], "stagewise", "copy", method
+    if method.startswith("FRAGrow a="):
+        base, alpha = "FRAGrow", float(method.split("=")[1])
+    elif method.endswith((" circulating", " moment")):
+        base, variant = method.rsplit(" ", 1)
+        order, init = ("circulating", init) if variant == "circulating" else (order, "moment")
+    return {"data": {"name": p["dataset"], "n_train": p["n_train"][regime], "n_val": p["n_val"],
+                     "n_test": p["n_test"], "split_seed": 0, "augment": p["augment"][regime]},
+            "regime": p["regimes"][regime], "method": method, "policy": base,
+            "architecture": p["architecture"], "widths": p["widths"],
+            "seed_blocks": p["seed_blocks"], "target_blocks": p["target_blocks"],
+            "epochs": p["epochs"][regime], "finetune_min": p["finetune_min"][regime],
+            "batch_size": p["batch_size"], "lr": p["lr"], "momentum": p["momentum"],
+            "weight_decay": p["weight_decay"], "alpha": alpha, "order": order, "init": init,
+            "fast_factor": p["fast_factor"], "patience": p["patience"],
+            "lipgrow_tolerance": p["lipgrow_tolerance"], "moment_decay": p["moment_decay"],
+            "seed": seed}
+
+
+def methods(tables: list[int], alphas: list[float]) -> list[str]:
+    """The runs the requested tables need, each once."""
+    wanted = {1: ["periodic", "fast", "large"], 5: ["small", "large", "FRAGrow"],
+              6: ["periodic", "convergent", "LipGrow", "FRAGrow", "large"],
+              8: [f"FRAGrow a={a:g}" for a in alphas] + ["FRAGrow"],
+              9: [f"{m} circulating" for m in GROWING], 10: [f"{m} moment" for m in GROWING]}
+    return list(dict.fromkeys(m for t in tables for m in wanted[t]))
+
+
+def experiments(p: dict) -> dict[str, dict]:
+    """All runs of the chapter, name -> configuration."""
+    return {f"{p['architecture']} {regime} {method} s{seed}": config(p, r, method, seed)
+            for r, regime in enumerate(p["regimes"])
+            for method in methods(p["tables"], p["alphas"]) for seed in range(p["n_seeds"])}
+
+
+def load_split(data: dict):
+    """The image split of a configuration (validation held out of the training images)."""
+    loader = {"cifar10": cifar10, "cifar100": cifar100}[data["name"]]
+    return loader(n_train=data["n_train"], n_val=data["n_val"], n_test=data["n_test"],
+                  seed=data["split_seed"])
+
+
+def _plan(c: dict, ipe: int, tracker: MomentTracker | None):
+    """GrowthPlan and observers of a growing method (None for small and large)."""
+    if c["policy"] in ("small", "large"):
+        return None, [], 0
+    where = StageOrder(stage_counts(c["architecture"], c["seed_blocks"]),
+                       stage_counts(c["architecture"], c["target_blocks"]), c["order"],
+                       "double" if c["policy"] == "LipGrow" else "one")
+    frame = (ipe, where.n_blocks, c["epochs"], c["finetune_min"])
+    policy = {"FRAGrow": lambda: FRAGrow(*frame, alpha=c["alpha"]),
+              "periodic": lambda: Periodic(*frame),
+              "fast": lambda: Periodic(*frame, interval=(c["epochs"] - c["finetune_min"])
+                                       / where.n_blocks / c["fast_factor"]),
+              "convergent": lambda: Convergent(*frame, patience=c["patience"]),
+              "LipGrow": lambda: LipGrow(*frame, tolerance=c["lipgrow_tolerance"])}[
+        c["policy"]]()
+    how = BlockInit(c["init"], tracker=tracker)
+    observers = [policy] if isinstance(policy, LipGrow) else []
+    return GrowthPlan(policy, where, how, op=add_blocks), observers, where.n_blocks
+
+
+def run(name: str, c: dict, *, directory=None, preset: str = "cpu", device: str = "cpu",
+        progress: bool = True, split=None, rank: int = 0, world: int = 1) -> dict:
+    """Train one configuration, measure its final test error, save and return its record.
+
+    With ``world > 1`` (under torchrun, see :mod:`growcore.distributed`) every rank trains a
+    DDP-wrapped network on its shard with ``batch_size / world`` examples per step (the global
+    batch is ``batch_size``), growth decided on rank 0; rank 0 saves the record.
+    """
+    split = (split or load_split(c["data"])).to(device)
+    train_split = type(split)(split.X_train, split.y_train, X_val=split.X_val,
+                              y_val=split.y_val)  # the test set is measured once, at the end
+    train_split, batch = shard(train_split, rank, world), c["batch_size"] // world
+    ipe = math.ceil(len(train_split.y_train) / batch)
+    iterations = c["epochs"] * ipe
+    torch.manual_seed(c["seed"])
+    blocks = c["target_blocks"] if c["policy"] == "large" else c["seed_blocks"]
+    model = build_model(c["architecture"], blocks, c["widths"], len(split.classes)).to(device)
+    tracker = MomentTracker(c["moment_decay"]) if c["init"] == "moment" else None
+    plan, observers, n_blocks = _plan(c, ipe, tracker)
+    if world > 1:
+        model = wrap(model)
+        if plan is not None:
+            plan = GrowthPlan(Agreed(plan.when, device), plan.where, plan.how,
+                              op=distributed_op(add_blocks))
+    start = time.perf_counter()
+    model, history = train(model, train_split, iterations=iterations, lr=c["lr"],
+                           momentum=c["momentum"], weight_decay=c["weight_decay"],
+                           batch_size=batch, plan=plan, eval_every=ipe,
+                           lr_schedule=GrowThenCosine(iterations, n_blocks),
+                           augment=augment_cifar if c["data"]["augment"] else None,
+                           observers=observers + ([tracker] if tracker else []),
+                           seed=c["seed"], progress=progress, desc=name)
+    wall = time.perf_counter() - start
+    model = unwrap(model)
+    test_error = float(evaluate(model, split.X_test, split.y_test).mean())
+    final_train = float(evaluate(model, split.X_train, split.y_train).mean())
+    h = history.as_dict()
+    policy = getattr(plan.when, "policy", plan.when) if plan is not None else None
+    record = {
+        "name": name, "created": results.now(), "preset": preset, "config": c,
+        "seeds": [c["seed"]], "environment": results.environment(device),
+        "wall_time_s": wall, "iterations_per_epoch": ipe,
+        "metrics": {"test_error": test_error, "train_error": final_train,
+                    "cost_flops": h["cost_flops"][-1], "evals": h["evals"],
+                    "events": h["events"], "lr": h["lr"][::ipe],
+                    "loss": [sum(row) / len(row) for row in zip(*h["loss"])][::ipe],
+                    "e_bar": average_training_epochs(h["events"], ipe, c["epochs"]),
+                    "final_depths": depths(model),
+                    "trace": getattr(policy, "trace", [])}}
+    if rank == 0:
+        record["path"] = str(results.save_record(record, directory or results_dir()))
+    return record
+
+
+# The slides' numbers (test error %, normalised time % or training error %), by table,
+# architecture, data set and method.
+PAPER = {
+    1: {"resnet": {"CIFAR100": {"periodic": (28.91, 6.24), "fast": (29.33, 1.82),
+                                "large": (29.56, 1.12)},
+                   "ImageNet": {"periodic": (24.73, 21.68), "fast": (24.29, 18.48),
+                                "large": (24.14, 17.82)}},
+        "vgg": {"CIFAR100": {"periodic": (27.34, 7.40), "fast": (26.86, 1.16),
+                             "large": (26.96, 0.32)},
+                "ImageNet": {"periodic": (25.70, 29.47), "fast": (24.44, 25.97),
+                             "large": (24.15, 25.05)}}},
+    5: {"resnet": {"CIFAR10": {"small": (8.37, 39.23), "large": (6.66, 100.0),
+                               "FRAGrow": (6.32, 82.45)},
+                   "CIFAR100": {"small": (32.97, 36.95), "large": (29.56, 100.0),
+                                "FRAGrow": (29.14, 79.93)},
+                   "ImageNet": {"small": (29.06, 58.79), "large": (24.14, 100.0),
+                                "FRAGrow": (24.32, 90.00)}},
+        "vgg": {"CIFAR10": {"small": (8.27, 48.21), "large": (6.22, 100.0),
+                            "FRAGrow": (6.20, 81.65)},
+                "CIFAR100": {"small": (31.12, 51.71), "large": (26.96, 100.0),
+                             "FRAGrow": (26.57, 84.00)},
+                "ImageNet": {"small": (31.01, 54.35), "large": (24.15, 100.0),
+                             "FRAGrow": (24.39, 88.76)}},
+        "mobilenetv2": {"CIFAR10": {"small": (7.32, 38.12), "large": (5.22, 100.0),
+                                    "FRAGrow": (5.60, 79.42)},
+                        "CIFAR100": {"small": (27.49, 40.07), "large": (23.95, 100.0),
+                                     "FRAGrow": (23.94, 73.82)},
+                        "ImageNet": {"small": (36.97, 52.70), "large": (29.71, 100.0),
+                                     "FRAGrow": (30.25, 93.75)}}},
+    6: {"resnet": {"CIFAR10": {"periodic": (6.58, 102.33), "convergent": (6.35, 104.39),
+                               "LipGrow": (7.18, 67.22), "FRAGrow": (6.32, 100.0),
+                               "large": (6.66, 121.29)},
+                   "CIFAR100": {"periodic": (29.29, 98.62), "convergent": (29.25, 107.42),
+                                "LipGrow": (29.23, 96.09), "FRAGrow": (29.14, 100.0),
+                                "large": (29.56, 125.11)},
+                   "ImageNet": {"periodic": (24.79, 93.39), "convergent": (25.30, 86.59),
+                                "LipGrow": (25.10, 88.86), "FRAGrow": (24.32, 100.0),
+                                "large": (24.14, 111.11)}},
+        "vgg": {"CIFAR10": {"periodic": (6.40, 92.23), "convergent": (6.33, 99.72),
+                            "LipGrow": (7.05, 75.92), "FRAGrow": (6.20, 100.0),
+                            "large": (6.22, 122.48)},
+                "CIFAR100": {"periodic": (26.73, 93.02), "convergent": (26.83, 92.65),
+                             "LipGrow": (29.82, 83.26), "FRAGrow": (26.57, 100.0),
+                             "large": (26.96, 119.05)},
+                "ImageNet": {"periodic": (25.70, 92.40), "convergent": (26.42, 77.61),
+                             "LipGrow": (27.03, 103.91), "FRAGrow": (24.39, 100.0),
+                             "large": (24.15, 112.66)}},
+        "mobilenetv2": {"CIFAR10": {"periodic": (5.66, 95.11), "convergent": (5.50, 105.86),
+                                    "LipGrow": (5.64, 117.30), "FRAGrow": (5.60, 100.0),
+                                    "large": (5.22, 132.92)},
+                        "CIFAR100": {"periodic": (24.35, 99.67),
+                                     "convergent": (24.11, 106.87),
+                                     "LipGrow": (24.32, 116.65), "FRAGrow": (23.94, 100.0),
+                                     "large": (23.95, 123.83)}}},
+    8: {"resnet": {"CIFAR100": {"FRAGrow a=2": (29.11, 99.04), "FRAGrow": (29.14, 100.0),
+                                "FRAGrow a=6": (29.20, 97.70)},
+                   "ImageNet": {"FRAGrow a=2": (24.86, 98.23), "FRAGrow": (24.32, 100.0),
+                                "FRAGrow a=6": (24.27, 100.90)}},
+        "vgg": {"CIFAR100": {"FRAGrow a=2": (26.75, 95.11), "FRAGrow": (26.57, 100.0),
+                             "FRAGrow a=6": (26.89, 110.58)},
+                "ImageNet": {"FRAGrow a=2": (24.22, 101.20), "FRAGrow": (24.39, 100.0),
+                             "FRAGrow a=6": (24.32, 99.17)}}},
+    9: {"resnet": {"CIFAR100": {"periodic circulating": (28.41, 101.30),
+                                "convergent circulating": (29.15, 107.91),
+                                "FRAGrow circulating": (28.39, 100.0)},
+                   "ImageNet": {"periodic circulating": (24.62, 98.20),
+                                "convergent circulating": (25.07, 99.13),
+                                "FRAGrow circulating": (24.52, 100.0)}},
+        "vgg": {"CIFAR100": {"periodic circulating": (27.00, 85.74),
+                             "convergent circulating": (27.00, 95.10),
+                             "FRAGrow circulating": (26.63, 100.0)},
+                "ImageNet": {"periodic circulating": (26.19, 94.85),
+                             "convergent circulating": (26.32, 94.78),
+                             "FRAGrow circulating": (24.18, 100.0)}}},
+    10: {"resnet": {"CIFAR100": {"periodic moment": (28.94, 97.47),
+                                 "convergent moment": (29.82, 105.80),
+                                 "FRAGrow moment": (28.80, 100.0)},
+                    "ImageNet": {"periodic moment": (24.72, 105.01),
+                                 "convergent moment": (25.28, 101.12),
+                                 "FRAGrow moment": (24.65, 100.0)}},
+         "vgg": {"CIFAR100": {"periodic moment": (26.85, 93.43),
+                              "convergent moment": (26.86, 89.27),
+                              "FRAGrow moment": (26.67, 100.0)},
+                 "ImageNet": {"periodic moment": (26.15, 106.74),
+                              "convergent moment": (26.52, 105.01),
+                              "FRAGrow moment": (24.24, 100.0)}}},
+}
+# The paper's data set that a regime stands for: CIFAR overfits, ImageNet underfits.
+PAPER_DATA = {"overfitting": "CIFAR100", "underfitting": "ImageNet", "CIFAR-10": "CIFAR10",
+              "CIFAR-100": "CIFAR100", "ImageNet": "ImageNet"}
+# Time is normalised to the large (target) network in Table 5, to FRAGrow elsewhere.
+TIME_REFERENCE = {1: "large", 5: "large", 6: "FRAGrow", 8: "FRAGrow", 9: "FRAGrow",
+                  10: "FRAGrow"}
+
+
+def table(number: int, records: dict[str, dict], p: dict, regime: str) -> list[dict]:
+    """Rows of the slides' table ``number`` for one regime: our mean over seeds beside the
+    paper's value (None where the paper has none). Time is the wall time, and cost the
+    training FLOPs, in % of the reference run (Table 1: our training error instead)."""
+    runs = methods([number], p["alphas"])
+    if number == 8:
+        runs = sorted(runs, key=lambda m: float(m.split("=")[1]) if "=" in m else p["alpha"])
+    ours = {m: [r for r in records.values()
+                if r["config"]["regime"] == regime and r["config"]["method"] == m]
+            for m in runs}
+    reference = _mean_of(ours.get(TIME_REFERENCE[number]) or [], "time")
+    ref_cost = _mean_of(ours.get(TIME_REFERENCE[number]) or [], "cost")
+    paper = PAPER[number].get(p["architecture"], {}).get(PAPER_DATA.get(regime, regime), {})
+    rows = []
+    for method in runs:
+        found, theirs = ours[method], paper.get(method, (None, None))
+        row = {"method": method, "n": len(found),
+               "test error %": 100 * _mean_of(found, "test")}
+        if number == 1:
+            row["train error %"] = 100 * _mean_of(found, "train")
+            row["E-bar"] = _mean_of(found, "e_bar")
+            row["paper test %"], row["paper train %"] = theirs
+        else:
+            row["time %"] = 100 * _mean_of(found, "time") / reference
+            row["cost %"] = 100 * _mean_of(found, "cost") / ref_cost
+            row["paper test %"], row["paper time %"] = theirs
+        rows.append(row)
+    return rows
+
+
+def _mean_of(found: list[dict], what: str) -> float:
+    key = {"test": "test_error", "train": "train_error", "e_bar": "e_bar",
+           "cost": "cost_flops"}
+    values = [r["wall_time_s"] if what == "time" else r["metrics"][key[what]] for r in found]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def run_or_load(name: str, c: dict, *, reuse: bool, directory, **options) -> dict:
+    """The newest saved record of this configuration when ``reuse`` (e.g. written by a
+    torchrun launch of :func:`main`), otherwise a fresh :func:`run`."""
+    found = results.latest(name, c, directory) if reuse else None
+    return found or run(name, c, directory=directory, **options)
+
+
+def notebook_parameters(preset: str) -> dict:
+    """The notebook's parameters under ``preset``: the parameters cell's defaults updated by
+    the preset file's section (what papermill would inject)."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(NOTEBOOKS_DIR / "fragrow.ipynb"))
+    defaults = {name: ast.literal_eval(spec["default"]) for name, spec in declared.items()}
+    return validate({**defaults, **load_preset("fragrow", preset), "preset": preset})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run experiments of the chapter outside the notebook, e.g. on many GPUs::
+
+        torchrun --standalone --nproc_per_node=8 -m growcore.chapters.fragrow \\
+            --preset gpu --experiment "resnet CIFAR-10 FRAGrow s0"
+
+    Records go to ``$GROWCORE_RESULTS/fragrow/<preset>``, where the notebook finds them.
+    """
+    parser = argparse.ArgumentParser(prog="python -m growcore.chapters.fragrow",
+                                     description=main.__doc__)
+    parser.add_argument("--preset", default="gpu", choices=PRESETS)
+    parser.add_argument("--experiment", action="append", metavar="NAME",
+                        help="run name (repeatable; default: every run of the preset)")
+    args = parser.parse_args(argv)
+    p = notebook_parameters(args.preset)
+    runs = experiments(p)
+    unknown = sorted(set(args.experiment or ()) - set(runs))
+    if unknown:
+        parser.error(f"unknown experiment(s) {unknown}; valid: {sorted(runs)}")
+    rank, world = init_from_environment()
+    device = resolve_device(p["device"])
+    if device == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
+    directory = results_dir() / "fragrow" / args.preset
+    for name in args.experiment or runs:
+        record = run(name, runs[name], directory=directory, preset=args.preset, device=device,
+                     progress=p["progress"] and rank == 0, rank=rank, world=world)
+        if rank == 0:
+            print(f"{name}: test error {100 * record['metrics']['test_error']:.2f} %, "
+                  f"{record['wall_time_s']:.0f} s -> {record['path']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""A growing run on two gloo processes (DistributedDataParallel on the CPU) matches the same
+run in one process: same growth steps, same grown network, same losses."""
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from growcore.blocks import BlockInit, StageOrder, add_blocks, is_shape_preserving, unwrap
+from growcore.data import Split
+from growcore.distributed import Agreed, distributed_op, shard, wrap
+from growcore.fragrow import FRAGrow
+from growcore.models.vgg import vgg_staged
+from growcore.train import GrowthPlan, train
+
+WORLD = 2
+ITERATIONS = 12
+SAME = 1e-4  # float32: a sum over two halves differs from one sum by rounding only
+SEED, TARGET = [1, 1, 1, 1, 1], [2, 2, 1, 1, 1]
+
+
+def problem() -> Split:
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randint(0, 256, (48, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    y = torch.randint(0, 10, (48,), generator=generator)
+    return Split(X[:32], y[:32], X_val=X[32:], y_val=y[32:])
+
+
+def run(rank: int, world: int, store: str, out: str) -> None:
+    """One rank (``world > 1``) or the single-process reference (``world == 1``)."""
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                                world_size=world)
+    split = problem()
+    torch.manual_seed(0)
+    model = vgg_staged(SEED, widths=(4, 8, 8, 8, 8), batch_norm=False)
+    torch.manual_seed(100 + rank)  # the ranks draw different new blocks unless synchronised
+    where = StageOrder(SEED, TARGET)
+    policy = FRAGrow(iterations_per_epoch=2, n_blocks=where.n_blocks, total_epochs=6,
+                     finetune_min=2)
+    plan = GrowthPlan(policy, where, BlockInit(), op=add_blocks)
+    if world > 1:
+        model, split = wrap(model), shard(split, rank, world)
+        plan = GrowthPlan(Agreed(policy), where, BlockInit(), op=distributed_op(add_blocks))
+    final, history = train(model, split, iterations=ITERATIONS, lr=0.05, momentum=0.9,
+                           plan=plan, eval_every=2, progress=False)
+    torch.save({"state": unwrap(final).state_dict(),
+                "loss": [float(value) for value in history.loss],
+                "events": [e["iteration"] for e in history.events]}, f"{out}/rank{rank}.pt")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_two_processes_match_one(tmp_path):
+    template = vgg_staged(SEED, widths=(4, 8, 8, 8, 8)).stages[0][0]
+    assert not is_shape_preserving(template), "stage 0 must get a random (He) block"
+    (tmp_path / "single").mkdir()
+    run(0, 1, "", str(tmp_path / "single"))
+    mp.spawn(run, args=(WORLD, str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD)
+    single = torch.load(tmp_path / "single" / "rank0.pt")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    assert len(single["events"]) == 2
+    for result in ranks:
+        assert result["events"] == single["events"]
+        for name, tensor in single["state"].items():
+            assert torch.allclose(result["state"][name], tensor, atol=SAME), name
+    mean_loss = torch.tensor([r["loss"] for r in ranks]).mean(dim=0)
+    assert torch.allclose(mean_loss, torch.tensor(single["loss"]), rtol=SAME)
+
+
+def test_command_line_runs_an_experiment_of_the_chapter(tmp_path, monkeypatch, capsys):
+    """The entry point torchrun launches, here in one process (no WORLD_SIZE set)."""
+    from growcore.chapters import fragrow
+
+    monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    fragrow.main(["--preset", "smoke", "--experiment", "resnet overfitting FRAGrow s0"])
+    records = list((tmp_path / "fragrow" / "smoke").glob("resnet overfitting FRAGrow s0--*.json"))
+    assert len(records) == 1
+    assert "test error" in capsys.readouterr().out

@@ -1,0 +1,180 @@
+"""FRAGrow's formulas and the when-policies on synthetic accuracy histories."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from growcore.fragrow import (
+    Convergent,
+    FRAGrow,
+    GrowThenCosine,
+    LipGrow,
+    Periodic,
+    average_training_epochs,
+    block_epochs,
+    growth_interval,
+    lipschitz_bound,
+    max_interval,
+    overfitting_risk_level,
+)
+from growcore.models.vgg import vgg_staged
+from growcore.train import History
+
+EXACT = 1e-12  # closed-form arithmetic in double precision
+SPECTRAL = 1e-6  # matrix 2-norm by an SVD
+
+
+def test_max_interval_is_eq_4():
+    assert max_interval(180, 30, 24) == pytest.approx(6.25, abs=EXACT)  # ResNet 2222 -> 8888
+    assert max_interval(180, 30, 10) == pytest.approx(15.0, abs=EXACT)  # VGG 11112 -> 22444
+    with pytest.raises(ValueError):
+        max_interval(30, 30, 3)
+
+
+@pytest.mark.parametrize("orl, expected", [
+    (4.0, 2.5),                            # ORL = alpha: half of I_max
+    (0.0, 5 / (1 + math.e ** 4)),          # no gap: 0.0899 epochs
+    (8.0, 5 / (1 + math.e ** -4)),         # 8-point gap: 4.9101 epochs
+    (-2.0, 5 / (1 + math.e ** 6)),         # validation better than training
+])
+def test_growth_interval_is_eq_3(orl, expected):
+    assert growth_interval(orl, alpha=4.0, i_max=5.0) == pytest.approx(expected, abs=EXACT)
+
+
+def test_orl_is_in_percentage_points():
+    assert overfitting_risk_level(train_error=0.02, val_error=0.07) == pytest.approx(5.0)
+
+
+def test_alpha_4_needs_percentage_points():
+    """As a fraction ORL lies in [-1, 1]: the factor I / I_max would stay below 5 % for every
+    possible accuracy, so the policy could not slow down; in percentage points it spans
+    (almost) the whole range (0, 1) over the gaps 0 to 8 points."""
+    as_fraction = [growth_interval(orl, 4.0, 1.0) for orl in (-1.0, 0.0, 1.0)]
+    assert max(as_fraction) < 0.05
+    in_points = [growth_interval(orl, 4.0, 1.0) for orl in (0.0, 8.0)]
+    assert in_points[0] < 0.02 and in_points[1] > 0.98
+
+
+def simulate(policy, iterations, ipe, errors, blocks_per_growth=1):
+    """Drive a policy as the spine's loop does: ask ``when`` first, then evaluate at epoch
+    boundaries; ``errors(epoch)`` gives (train error since the last evaluation, val error)."""
+    history = History()
+    for t in range(iterations):
+        if policy(t, history):
+            history.events.append({"iteration": t, "blocks_added": blocks_per_growth})
+        if t % ipe == 0:
+            record = {"iteration": t}
+            if t > 0:
+                train_error, val_error = errors(t // ipe)
+                record.update(train_error=torch.tensor([train_error]),
+                              val_error=torch.tensor([val_error]))
+            history.evals.append(record)
+    return history
+
+
+def growths(history):
+    return [e["iteration"] for e in history.events]
+
+
+def test_periodic_grows_every_i_max_and_e_bar_is_closed_form():
+    ipe, total, finetune, n = 5, 10, 4, 3  # I_max = 2 epochs = 10 iterations
+    history = simulate(Periodic(ipe, n, total, finetune), total * ipe, ipe,
+                       lambda epoch: (0.1, 0.1))
+    assert growths(history) == [10, 20, 30]
+    # E-bar of periodic growth: E_T - I_max (n + 1) / 2
+    i_max = max_interval(total, finetune, n)
+    expected = total - i_max * (n + 1) / 2
+    assert average_training_epochs(history.events, ipe, total) == pytest.approx(expected)
+    assert block_epochs(history.events, ipe, total) == [8.0, 6.0, 4.0]
+
+
+def test_fragrow_grows_fast_when_underfitting_and_slowly_when_overfitting():
+    ipe, total, finetune, n = 5, 10, 4, 3
+    under = simulate(FRAGrow(ipe, n, total, finetune), total * ipe, ipe,
+                     lambda epoch: (0.3, 0.3))   # ORL = 0
+    over = simulate(FRAGrow(ipe, n, total, finetune), total * ipe, ipe,
+                    lambda epoch: (0.0, 0.2))    # ORL = 20 points
+    # ORL = 0: I = 2 / (1 + e^4) = 0.036 epochs, less than one iteration; the evaluation at
+    # iteration 5 is seen at 6 (the loop asks before it evaluates), and each later growth
+    # waits for an evaluation after the previous one (at 10, 15)
+    assert growths(under) == [6, 11, 16]
+    # ORL = 20: I = I_max (1 - 1e-7): the periodic schedule
+    assert growths(over) == [10, 20, 30]
+    assert (average_training_epochs(under.events, ipe, total)
+            > average_training_epochs(over.events, ipe, total))
+
+
+def test_fragrow_interval_follows_the_latest_orl():
+    ipe, total, finetune, n = 4, 40, 10, 3     # I_max = 10 epochs
+    policy = FRAGrow(ipe, n, total, finetune, alpha=4.0)
+    history = simulate(policy, total * ipe, ipe, lambda epoch: (0.1, 0.14))
+    _, orls, intervals = zip(*policy.trace)
+    assert orls[0] == pytest.approx(4.0)        # ORL = alpha: I = I_max / 2 = 5 epochs
+    assert intervals[0] == pytest.approx(5.0)
+    assert growths(history) == [20, 40, 60]
+
+
+def test_convergent_waits_for_a_plateau():
+    ipe, total, finetune, n = 2, 40, 10, 1
+    plateau = [0.5, 0.4, 0.3, 0.3, 0.3, 0.3]
+    history = simulate(Convergent(ipe, n, total, finetune, patience=2), total * ipe, ipe,
+                       lambda epoch: (0.0, plateau[min(epoch, 5)]))
+    # evaluations after epochs 1..4 give 0.4, 0.3, 0.3, 0.3: at epoch 5 the best of the
+    # last two (0.3) is no better than the best before (0.3)
+    assert growths(history) == [5 * ipe]
+
+
+def test_convergent_meets_the_deadline_when_it_never_converges():
+    ipe, total, finetune, n = 2, 20, 5, 3
+    history = simulate(Convergent(ipe, n, total, finetune, patience=2), total * ipe, ipe,
+                       lambda epoch: (0.0, 1.0 / (1 + epoch)))  # always improving
+    # deadline rule: the last block at E_T - E_F_min = 15, one epoch apart
+    assert growths(history) == [13 * ipe, 14 * ipe, 15 * ipe]
+
+
+def test_lipschitz_bound_of_diagonal_weights():
+    first, second = nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        first.weight.copy_(torch.diag(torch.tensor([0.5, -2.0, 1.5])))
+        second.weight.copy_(torch.diag(torch.tensor([3.0, 1.0, 0.0])))
+    # product of the spectral norms: 2 * 3
+    assert lipschitz_bound(nn.Sequential(first, nn.ReLU(), second)) == pytest.approx(
+        6.0, rel=SPECTRAL)
+
+
+def _scale_convs(model, factor):
+    with torch.no_grad():
+        for stage in model.stages:
+            for block in stage:
+                block.conv.weight.mul_(factor)
+
+
+def test_lipgrow_fires_when_the_estimate_rises_by_the_tolerance():
+    """Scaling every conv by c scales every block's bound by c (one conv per VGG block)."""
+    model = vgg_staged((1, 1, 1, 1, 1), widths=(4, 4, 4, 4, 4))
+    policy = LipGrow(iterations_per_epoch=1, n_blocks=5, total_epochs=100, finetune_min=10,
+                     tolerance=1.1)
+    policy.attach(model)
+    history = History()
+    assert not policy(1, history)              # first estimate: the base
+    _scale_convs(model, 1.05)
+    assert not policy(2, history)              # 5 % above the base: below the tolerance
+    _scale_convs(model, 1.1)
+    assert policy(3, history)                  # 15.5 % above the base
+    assert policy.tolerance == pytest.approx(1.05)
+    assert policy.trace[2][1] / policy.trace[0][1] == pytest.approx(1.05 * 1.1, rel=SPECTRAL)
+
+
+def test_grow_then_cosine():
+    total = 100
+    fixed = GrowThenCosine(total, n_blocks=0)  # no growth: plain cosine decay
+    assert fixed(0, History()) == pytest.approx(1.0)
+    assert fixed(50, History()) == pytest.approx(0.5)
+    history = History(events=[{"iteration": 20, "blocks_added": 1}])
+    schedule = GrowThenCosine(total, n_blocks=2)
+    assert schedule(30, history) == 1.0        # still growing: constant
+    history.events.append({"iteration": 40, "blocks_added": 1})
+    assert schedule(40, history) == pytest.approx(1.0)
+    assert schedule(70, history) == pytest.approx(0.5)   # half way from 40 to 100

@@ -1,0 +1,66 @@
+"""The FRAGrow notebook: invalid parameters stop it before compute, and the records of its
+smoke run (shared with the book test, see conftest.py) are complete and consistent."""
+
+import json
+
+import papermill
+import pytest
+
+from growcore.chapters import fragrow
+from growcore.runner import REPO_ROOT, load_preset
+
+NOTEBOOK = REPO_ROOT / "notebooks" / "fragrow.ipynb"
+
+pytestmark = pytest.mark.slow
+
+
+def _execute(tmp_path, monkeypatch, **parameters):
+    monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path / "results"))
+    return papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=parameters,
+        kernel_name="python3", cwd=str(NOTEBOOK.parent), progress_bar=False)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("alpha", "four", "parameter 'alpha' must be float"),
+    ("target_blocks", [1, 1, 1], "parameter 'target_blocks': must be deeper than seed_blocks"),
+    ("finetune_min", [30, 1], "parameter 'finetune_min': every entry must be below"),
+    ("tables", [1], "parameter 'tables': must include a table with a FRAGrow run"),
+])
+def test_bad_parameter_stops_before_compute(tmp_path, monkeypatch, name, value, message):
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        _execute(tmp_path, monkeypatch, **{name: value})
+    assert message in str(error.value)
+    assert "ParameterError" in error.value.ename
+    assert not (tmp_path / "results").exists(), "nothing may be computed or written"
+
+
+def _smoke_records(smoke_book):
+    return [json.loads(p.read_text()) for p in (smoke_book.results / "fragrow").rglob("*.json")]
+
+
+def test_smoke_records_are_complete(smoke_book):
+    preset = load_preset("fragrow", "smoke")
+    records = _smoke_records(smoke_book)
+    methods = fragrow.methods([1, 5, 6], [2.0, 6.0])
+    assert len(records) == len(methods) * 2  # two regimes, one seed
+    target = preset["target_blocks"]
+    for record in records:
+        config, metrics = record["config"], record["metrics"]
+        assert record["preset"] == "smoke" and record["environment"]["code_version"]
+        assert 0 <= metrics["test_error"] <= 1
+        assert len(metrics["evals"]) == config["epochs"]  # one evaluation per epoch
+        expected = preset["seed_blocks"] if config["method"] == "small" else target
+        assert metrics["final_depths"] == expected, config["method"]
+
+
+def test_smoke_growth_completes_before_the_finetuning(smoke_book):
+    """Every growing run reaches its target by E_T - E_F_min (FRAGrow eq. 4's guarantee and
+    the deadline rule of the other policies)."""
+    for record in _smoke_records(smoke_book):
+        events, config = record["metrics"]["events"], record["config"]
+        if config["method"] in ("small", "large"):
+            assert not events
+            continue
+        deadline = (config["epochs"] - config["finetune_min"]) * record["iterations_per_epoch"]
+        assert events and max(e["iteration"] for e in events) <= deadline, config["method"]
