@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from growcore.data import Split
+from growcore.gradmax import GradMax, TargetNorm
 from growcore.models.vgg import VGG
 from growcore.nagn import (
     NAGN,
@@ -237,6 +238,41 @@ def test_nagn_growth_in_the_training_loop_applies_its_increments():
     assert [grown.get_submodule(s.producer).out_channels for s in grown.width_sites()] == \
         [n + d for n, d in zip([8, 2, 8], event["increments"])]
     assert event["n_params_after"] > event["n_params_before"]
+
+
+def test_nagn_where_composes_with_the_gradmax_initialiser():
+    """NAGN decides where and how much; GradMax (the GradMax chapter's how) initialises."""
+    torch.manual_seed(0)
+    X = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(64) % 5
+    model = VGG([[8, 2, 8]], num_classes=5, input_shape=(3, 8, 8))
+    observer = NAGNObserver(window=4)
+    gradmax, made, checked = GradMax(batch_size=32, norm=TargetNorm(value=1e-3)), [], []
+
+    def how(model, site, k, split):
+        made.append(gradmax(model, site, k, split))
+        return made[-1]
+
+    def op(model, sites, how, split):
+        growth = widen(model, sites, how, split)
+        model.eval(), growth.model.eval()
+        with torch.no_grad():
+            checked.append((growth.model(X) - model(X)).abs().max().item())
+        model.train(), growth.model.train()
+        return growth
+
+    plan = GrowthPlan(_At(8), NAGN(observer, tau=0.05, delta_max=64), how, op=op)
+    grown, history = train(model, Split(X, y), iterations=10, lr=1e-2, optimizer="adamw",
+                           batch_size=16, plan=plan, observers=[observer], progress=False)
+    event = history.events[0]
+    assert sum(event["increments"]) > 0 and len(made) == sum(d > 0 for d in event["increments"])
+    widths = [grown.get_submodule(s.producer).out_channels for s in grown.width_sites()]
+    assert widths == [n + d for n, d in zip([8, 2, 8], event["increments"])]
+    assert checked[0] < PRESERVED, "GradMax's zero incoming weights keep the function"
+    for new in made:
+        assert torch.count_nonzero(new.incoming) == 0
+        norms = new.outgoing.flatten(2).norm(dim=(0, 2))
+        assert torch.allclose(norms, torch.full_like(norms, 1e-3), rtol=1e-4)
 
 
 class _At:

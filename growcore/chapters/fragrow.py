@@ -398,9 +398,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="gpu", choices=PRESETS)
     parser.add_argument("--experiment", action="append", metavar="NAME",
                         help="run name (repeatable; default: every run of the preset)")
+    parser.add_argument("--list", action="store_true", help="print the run names and exit")
     args = parser.parse_args(argv)
     p = notebook_parameters(args.preset)
     runs = experiments(p)
+    if args.list:
+        print("\n".join(runs))
+        return
     unknown = sorted(set(args.experiment or ()) - set(runs))
     if unknown:
         parser.error(f"unknown experiment(s) {unknown}; valid: {sorted(runs)}")
