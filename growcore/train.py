@@ -104,7 +104,10 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
         test metric is the mean squared error).
     eval_every : int
         Evaluate every this many iterations (test metric held in between; the validation
-        and training errors go to ``history.evals``, which when-policies read).
+        and training errors go to ``history.evals``, which when-policies read). At an
+        iteration with both, the evaluation comes first: the policy sees the network it is
+        about to grow, and the evaluation at the growth iteration is of the network before
+        the growth.
     step_metrics : dict, optional
         name -> ``fn(model) -> Tensor [S]``, called after each backward pass (gradients are
         available), e.g. the gradient norm of GradMax Fig. 2b. Recorded in ``history.extra``.
@@ -136,6 +139,10 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
     _attach(observers, model)
     bar = tqdm(range(iterations), desc=desc, disable=not progress, leave=False, mininterval=1)
     for t in bar:
+        # evaluate first, so that the when-policy decides on the current network
+        if t % eval_every == 0:
+            test = _evaluate_all(model, split, loss, t, since_eval, history)
+            since_eval = []
         if plan is not None and plan.when(t, history):
             _detach(observers)
             model, opt, info = grow(model, opt, split, plan)
@@ -143,9 +150,6 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
             cost += info.pop("cost_flops", 0)
             history.events.append({"iteration": t, **info})
             _attach(observers, model)
-        if t % eval_every == 0:
-            test = _evaluate_all(model, split, loss, t, since_eval, history)
-            since_eval = []
         if lr_schedule is not None:
             for group in opt.param_groups:
                 group["lr"] = base_lr * lr_schedule(t, history)
