@@ -60,19 +60,31 @@ def main() -> None:
         torch.nn.functional.cross_entropy(model(X), y).backward()
         opt.step()
 
-    def growth():
+    def growth(conv_matrix="exact"):
         sites, _ = GrowToWidths(1 / WIDTH, GROWTHS)(model, split)
-        widen(model, sites, GradMax(batch_size=BATCH, norm=TargetNorm(value=1e-4)), split)
+        how = GradMax(batch_size=BATCH, norm=TargetNorm(value=1e-4), conv_matrix=conv_matrix)
+        widen(model, sites, how, split)
 
     step()  # warm-up
     t_step, t_growth = seconds(step), seconds(growth)
+    t_aux = seconds(functools.partial(growth, "auxiliary"))
     print(f"VGG11 x{WIDTH}, batch {BATCH}, {device}, {torch.get_num_threads()} CPU threads")
     print(f"  one training step           {1000 * t_step:8.1f} ms")
     print(f"  one GradMax growth step     {1000 * t_growth:8.1f} ms  "
           f"(ratio growth / step = {t_growth / t_step:.2f}; paper: < 1)")
+    print(f"  the same, auxiliary kernel  {1000 * t_aux:8.1f} ms  "
+          f"(ratio growth / step = {t_aux / t_step:.2f}; Appendix B's construction, exact "
+          "without padding)")
 
     sites = model.width_sites()
     data = collect(model, sites, split, "cross_entropy")
+    t_collect = seconds(lambda: collect(model, sites, split, "cross_entropy"))
+    t_matrices = seconds(lambda: [gradient_matrix(model, s, data[s]) for s in sites])
+    t_svds = seconds(lambda: [torch.linalg.svd(gradient_matrix(model, s, data[s]),
+                                               full_matrices=False) for s in sites]) - t_matrices
+    print(f"\n  parts of the exact growth step, in training steps: statistics (one "
+          f"forward-backward) {t_collect / t_step:.2f}, matrices {t_matrices / t_step:.2f}, "
+          f"SVDs {t_svds / t_step:.2f}")
     print("\n  site (producer -> consumer)                 matrix size       SVD ms")
     for site in sites:
         G = gradient_matrix(model, site, data[site])
