@@ -181,6 +181,14 @@ def gradient_matrix(model: nn.Module, site, data: list[SiteData]) -> torch.Tenso
     return G.view(o, D, R).transpose(1, 2).reshape(o * R, D)
 
 
+def auxiliary_applies(model: nn.Module, site, data: list[SiteData]) -> bool:
+    """Whether :func:`auxiliary_kernel_matrix` can serve ``site``: two stride-1, dilation-1
+    convolutions with nothing that changes the grid (pooling) between them."""
+    convs = [model.get_submodule(name) for name in (site.producer, site.consumer)]
+    return (all(isinstance(m, nn.Conv2d) and m.stride == (1, 1) and m.dilation == (1, 1)
+                for m in convs) and tuple(data[0].grid) == tuple(data[0].consumer_grid))
+
+
 def auxiliary_kernel_matrix(model: nn.Module, site, data: list[SiteData]) -> torch.Tensor:
     """The matrix of eq. (20) the paper's way (Appendix B): an auxiliary kernel's gradient.
 
@@ -192,11 +200,10 @@ def auxiliary_kernel_matrix(model: nn.Module, site, data: list[SiteData]) -> tor
     convolutions differs from one at the borders). Strides and dilations must be 1.
     """
     producer, consumer = model.get_submodule(site.producer), model.get_submodule(site.consumer)
-    convs = (producer, consumer)
-    if not all(isinstance(m, nn.Conv2d) for m in convs) or any(
-            m.stride != (1, 1) or m.dilation != (1, 1) for m in convs):
-        raise ValueError("the auxiliary kernel needs two Conv2d layers with stride 1, "
-                         "dilation 1")
+    if not auxiliary_applies(model, site, data):
+        raise ValueError(f"the auxiliary kernel needs two Conv2d layers with stride 1, "
+                         f"dilation 1 and no pooling between them; site {site} has not: use "
+                         "gradient_matrix")
     (kh1, kw1), (kh2, kw2) = producer.kernel_size, consumer.kernel_size
     size = (kh1 + kh2 - 1, kw1 + kw2 - 1)
     padding = tuple(a + b for a, b in zip(producer.padding, consumer.padding))
@@ -277,7 +284,9 @@ class GradMax:
         norms, or fixed).
     conv_matrix : str
         ``"exact"`` (:func:`gradient_matrix`) or ``"auxiliary"`` (the paper's auxiliary
-        kernel, :func:`auxiliary_kernel_matrix`) for Conv2d -> Conv2d sites.
+        kernel, :func:`auxiliary_kernel_matrix`) for Conv2d -> Conv2d sites; where the
+        auxiliary kernel does not apply (pooling between the two convolutions, strides),
+        ``"auxiliary"`` uses the exact matrix.
     seed : int
         Seed of the minibatch draws.
     """
@@ -309,7 +318,7 @@ class GradMax:
             self._cached = (weakref.ref(model), versions, cached)
         data = cached[site]
         conv = isinstance(model.get_submodule(site.consumer), nn.Conv2d)
-        if conv and self.conv_matrix == "auxiliary":
+        if conv and self.conv_matrix == "auxiliary" and auxiliary_applies(model, site, data):
             return auxiliary_kernel_matrix(model, site, data)
         return gradient_matrix(model, site, data)
 

@@ -69,3 +69,24 @@ def require_build(smoke_book) -> SmokeBook:
         tail = (smoke_book.build.stdout + smoke_book.build.stderr)[-4000:]
         pytest.fail(f"jupyter-book build failed:\n{tail}")
     return smoke_book
+
+
+@pytest.fixture
+def stops_before_compute(tmp_path, monkeypatch):
+    """``check(notebook, name, value, message)``: papermill with ``name=value`` must stop in
+    the notebook's validation with a ParameterError whose message contains ``message``, before
+    any record is written."""
+    import papermill
+
+    def check(notebook: str, name: str, value, message: str) -> None:
+        path = REPO_ROOT / "notebooks" / f"{notebook}.ipynb"
+        monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path / "results"))
+        with pytest.raises(papermill.PapermillExecutionError) as error:
+            papermill.execute_notebook(str(path), str(tmp_path / "out.ipynb"),
+                                       parameters={name: value}, kernel_name="python3",
+                                       cwd=str(path.parent), progress_bar=False)
+        assert message in str(error.value)
+        assert "ParameterError" in error.value.ename
+        assert not (tmp_path / "results").exists(), "nothing may be computed or written"
+
+    return check

@@ -3,22 +3,12 @@ smoke run (shared with the book test, see conftest.py) are complete and consiste
 
 import json
 
-import papermill
 import pytest
 
 from growcore.chapters import fragrow
-from growcore.runner import REPO_ROOT, load_preset
-
-NOTEBOOK = REPO_ROOT / "notebooks" / "fragrow.ipynb"
+from growcore.runner import load_preset
 
 pytestmark = pytest.mark.slow
-
-
-def _execute(tmp_path, monkeypatch, **parameters):
-    monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path / "results"))
-    return papermill.execute_notebook(
-        str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=parameters,
-        kernel_name="python3", cwd=str(NOTEBOOK.parent), progress_bar=False)
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -27,12 +17,8 @@ def _execute(tmp_path, monkeypatch, **parameters):
     ("finetune_min", [30, 1], "parameter 'finetune_min': every entry must be below"),
     ("tables", [1], "parameter 'tables': must include a table with a FRAGrow run"),
 ])
-def test_bad_parameter_stops_before_compute(tmp_path, monkeypatch, name, value, message):
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        _execute(tmp_path, monkeypatch, **{name: value})
-    assert message in str(error.value)
-    assert "ParameterError" in error.value.ename
-    assert not (tmp_path / "results").exists(), "nothing may be computed or written"
+def test_bad_parameter_stops_before_compute(stops_before_compute, name, value, message):
+    stops_before_compute("fragrow", name, value, message)
 
 
 def _smoke_records(smoke_book):

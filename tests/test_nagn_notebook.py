@@ -3,21 +3,9 @@
 
 import json
 
-import papermill
 import pytest
 
-from growcore.runner import REPO_ROOT
-
-NOTEBOOK = REPO_ROOT / "notebooks" / "nagn.ipynb"
-
 pytestmark = pytest.mark.slow
-
-
-def _execute(tmp_path, monkeypatch, **parameters):
-    monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path / "results"))
-    return papermill.execute_notebook(
-        str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=parameters,
-        kernel_name="python3", cwd=str(NOTEBOOK.parent), progress_bar=False)
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -25,12 +13,8 @@ def _execute(tmp_path, monkeypatch, **parameters):
     ("configurations", [[[4], [0]]], "parameter 'configurations': every entry must be"),
     ("n_val", 46000, "parameter 'n_train': n_train + n_val must not exceed"),
 ])
-def test_bad_parameter_stops_before_compute(tmp_path, monkeypatch, name, value, message):
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        _execute(tmp_path, monkeypatch, **{name: value})
-    assert message in str(error.value)
-    assert "ParameterError" in error.value.ename
-    assert not (tmp_path / "results").exists(), "nothing may be computed or written"
+def test_bad_parameter_stops_before_compute(stops_before_compute, name, value, message):
+    stops_before_compute("nagn", name, value, message)
 
 
 def _records(smoke_book):

@@ -3,21 +3,9 @@ its smoke run wrote (the run itself is shared with the book test, see conftest.p
 
 import json
 
-import papermill
 import pytest
 
-from growcore.runner import REPO_ROOT
-
-NOTEBOOK = REPO_ROOT / "notebooks" / "sensli.ipynb"
-
 pytestmark = pytest.mark.slow
-
-
-def _execute(tmp_path, monkeypatch, **parameters):
-    monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path / "results"))
-    return papermill.execute_notebook(
-        str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=parameters,
-        kernel_name="python3", cwd=str(NOTEBOOK.parent), progress_bar=False)
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -25,12 +13,8 @@ def _execute(tmp_path, monkeypatch, **parameters):
     ("merit_normalisation", "none", "parameter 'merit_normalisation' must be str one of"),
     ("insertion_iteration", 5000, "parameter 'insertion_iteration': must be below iterations"),
 ])
-def test_bad_parameter_stops_before_compute(tmp_path, monkeypatch, name, value, message):
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        _execute(tmp_path, monkeypatch, **{name: value})
-    assert message in str(error.value)
-    assert "ParameterError" in error.value.ename
-    assert not (tmp_path / "results").exists(), "nothing may be computed or written"
+def test_bad_parameter_stops_before_compute(stops_before_compute, name, value, message):
+    stops_before_compute("sensli", name, value, message)
 
 
 def test_smoke_records_are_complete(smoke_book):
