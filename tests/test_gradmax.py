@@ -178,6 +178,19 @@ def test_auxiliary_kernel_equals_exact_matrix_without_padding():
                           gradient_matrix(net, site, data), rtol=1e-10, atol=1e-14)
 
 
+def test_auxiliary_kernel_falls_back_to_the_exact_matrix_across_pooling():
+    torch.manual_seed(0)
+    net = TinyConv(padding=0, stride=1, pool="avg").to(DTYPE)
+    X = torch.randn(5, 2, 8, 8, dtype=DTYPE)
+    split = Split(X, torch.randn(5, 3, dtype=DTYPE))
+    site = net.width_sites()[0]  # conv1 -> average pooling -> conv2
+    data = collect(net, [site], split, "mse")[site]
+    with pytest.raises(ValueError, match="no pooling between them"):
+        auxiliary_kernel_matrix(net, site, data)
+    exact, auxiliary = GradMax(loss="mse"), GradMax(loss="mse", conv_matrix="auxiliary")
+    assert torch.equal(auxiliary.matrix(net, site, split), exact.matrix(net, site, split))
+
+
 def test_every_initialiser_keeps_the_function_except_firefly_by_epsilon():
     student, split = _teacher_student()
     site = student.width_sites()[0]
