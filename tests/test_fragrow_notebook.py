@@ -28,8 +28,9 @@ def _smoke_records(smoke_book):
 def test_smoke_records_are_complete(smoke_book):
     preset = load_preset("fragrow", "smoke")
     records = _smoke_records(smoke_book)
-    methods = fragrow.methods([1, 5, 6], [2.0, 6.0])
-    assert len(records) == len(methods) * 2  # two regimes, one seed
+    methods = fragrow.methods([1, 5, 6, 8, 9, 10], [2.0, 6.0])  # the notebook's defaults
+    assert len(records) == len(methods) * 2 * preset["n_seeds"]  # two regimes
+    assert {r["config"]["method"] for r in records} == set(methods)
     target = preset["target_blocks"]
     for record in records:
         config, metrics = record["config"], record["metrics"]
