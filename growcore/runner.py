@@ -68,6 +68,22 @@ def load_preset(name: str, preset: str, presets_dir: Path = PRESETS_DIR) -> dict
     return dict(parameters)
 
 
+def notebook_parameters(name: str, preset: str | None = None, **overrides) -> dict:
+    """The parameters of ``notebooks/<name>.ipynb`` as papermill would run them: the defaults
+    of its ``parameters`` cell, updated by the preset's section (and ``preset`` set to its
+    name) and then by ``overrides``. Not validated: pass the result to the chapter's
+    ``validate``."""
+    import ast
+
+    import papermill
+
+    declared = papermill.inspect_notebook(str(NOTEBOOKS_DIR / f"{name}.ipynb"))
+    values = {key: ast.literal_eval(spec["default"]) for key, spec in declared.items()}
+    if preset is not None:
+        values.update(load_preset(name, preset), preset=preset)
+    return {**values, **overrides}
+
+
 def check_parameters(name: str, path: Path, parameters: dict) -> None:
     """Stop if a parameter is not declared in the notebook's ``parameters`` cell."""
     import papermill

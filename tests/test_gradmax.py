@@ -32,6 +32,7 @@ from growcore.gradmax import (
 from growcore.losses import LOSSES
 from growcore.models.mlp import MLP, teacher
 from growcore.models.sites import WidthSite
+from growcore.params import ParameterError
 from growcore.widen import NewUnits, widen
 
 DTYPE = torch.float64
@@ -231,3 +232,48 @@ def test_new_units_layout_for_conv():
     grown = widen(net, [(site, 1)], lambda *a: new).model
     assert torch.equal(grown.conv1.weight[3].flatten(), new.incoming[0])
     assert torch.equal(grown.conv2.weight[:, 3].flatten(1), new.outgoing[:, 0])
+
+
+def _image_parameters(**overrides):
+    from growcore.chapters import gradmax as chapter
+    from growcore.runner import notebook_parameters
+
+    tiny = {"cifar_seeds": 1, "cifar_width": 0.25, "cifar_factor": 2.0, "cifar_train": 0,
+            "cifar_test": 0, "cifar_steps": 4, "cifar_first_growth": 1, "cifar_interval": 1,
+            "cifar_growths": 2, "cifar_batch_size": 4, "image_size": 16, "progress": False}
+    return chapter.validate(notebook_parameters("gradmax", **{**tiny, **overrides}))
+
+
+@pytest.mark.parametrize("dataset, classes", [("cifar100", 100), ("imagenet", 3)])
+def test_image_runs_on_generated_cifar100_and_imagenet(tmp_path, dataset, classes):
+    from test_images import write_cifar100, write_image_folder
+
+    from growcore.chapters import gradmax as chapter
+
+    root = tmp_path / dataset
+    if dataset == "cifar100":
+        write_cifar100(root, n_train=8, n_test=4)
+    else:
+        write_image_folder(root, classes=("n01", "n02", "n03"), per_class=4)
+    p = _image_parameters(image_dataset=dataset, image_root=str(root),
+                          cifar_models=["mobilenet_v1"])
+    images, about = chapter.load_images(p)
+    assert len(about["classes"]) == classes
+    assert images.X_train.shape[2:] == ((16, 16) if dataset == "imagenet" else (32, 32))
+    config = chapter.cifar_experiments(p)["mobilenet_v1 GradMax"]
+    record = chapter.run_cifar("mobilenet_v1 GradMax", config, images, directory=tmp_path,
+                               num_classes=classes)
+    n_params = record["metrics"]["n_params"][0]
+    assert len(record["metrics"]["events"]) == 2 and n_params[-1] > n_params[0]
+    assert 0 <= record["metrics"]["test_error"][0] <= 1
+    assert record["config"]["task"] == dataset
+    assert list(tmp_path.glob("mobilenet_v1 GradMax--*.json")), "the record is written"
+
+
+def test_image_parameters_that_do_not_fit_stop_before_compute(tmp_path):
+    with pytest.raises(ParameterError, match=r"parameter 'cifar_models'.*valid: \['mobilenet_v1'"):
+        _image_parameters(image_dataset="imagenet", image_root=str(tmp_path),
+                          cifar_models=["vgg11"])
+    with pytest.raises(ParameterError, match="parameter 'image_root': no cifar100 folder at"):
+        _image_parameters(image_dataset="cifar100", image_root=str(tmp_path / "absent"),
+                          cifar_models=["wrn28"])

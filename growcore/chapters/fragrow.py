@@ -14,7 +14,6 @@ ablations ``FRAGrow a=<alpha>`` (Table 8), ``<method> circulating`` (Table 9) an
 from __future__ import annotations
 
 import argparse
-import ast
 import math
 import time
 
@@ -38,7 +37,7 @@ from growcore.models.vgg import vgg_staged
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
 from growcore.paths import results_dir
-from growcore.runner import NOTEBOOKS_DIR, load_preset
+from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES, resolve_device
 from growcore.train import GrowthPlan, evaluate, train
 
@@ -378,11 +377,7 @@ def run_or_load(name: str, c: dict, *, reuse: bool, directory, **options) -> dic
 def notebook_parameters(preset: str) -> dict:
     """The notebook's parameters under ``preset``: the parameters cell's defaults updated by
     the preset file's section (what papermill would inject)."""
-    import papermill
-
-    declared = papermill.inspect_notebook(str(NOTEBOOKS_DIR / "fragrow.ipynb"))
-    defaults = {name: ast.literal_eval(spec["default"]) for name, spec in declared.items()}
-    return validate({**defaults, **load_preset("fragrow", preset), "preset": preset})
+    return validate(runner_parameters("fragrow", preset))
 
 
 def main(argv: list[str] | None = None) -> None:

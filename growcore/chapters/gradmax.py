@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from growcore.losses import LOSSES
 from growcore.models.mlp import MLP, teacher
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
+from growcore.paths import data_dir
 from growcore.runtime import DEVICES
 from growcore.train import GrowthPlan, train
 from growcore.when import Every
@@ -40,13 +42,35 @@ from growcore.widen import widen
 PRESETS = ("smoke", "cpu", "gpu")
 TS_METHODS = ("Baseline-Small", "Baseline-Big", "Random", "GradMaxOpt", "GradMax")
 CIFAR_METHODS = ("Baseline-Small", "Baseline-Big", "Random", "Firefly-Opt", "GradMax")
-CIFAR_MODELS = ("vgg11", "wrn28")
-# Paper Table 1, CIFAR-10 test accuracy (%) mean and std over 3 seeds, as printed in the paper
+CIFAR_MODELS = ("vgg11", "wrn28", "mobilenet_v1")
+IMAGE_DATASETS = ("cifar10", "cifar100", "imagenet")
+# The models each data set takes: VGG11 and WRN-28-1 are built for 32x32 inputs; MobileNet-v1
+# has a CIFAR stem (stride 1) and an ImageNet stem (stride 2).
+MODELS_FOR = {"cifar10": CIFAR_MODELS, "cifar100": CIFAR_MODELS, "imagenet": ("mobilenet_v1",)}
+# Paper Table 1: test accuracy (%) mean and std over 3 seeds, as printed in the paper, per
+# data set and model.
 PAPER_TABLE1 = {
-    "wrn28": {"Baseline-Small": (89.9, 0.3), "Baseline-Big": (92.9, 0.2), "Random": (90.6, 0.2),
-              "Firefly-Opt": (90.8, 0.3), "GradMax": (91.1, 0.1)},
-    "vgg11": {"Baseline-Small": (84.1, 0.1), "Baseline-Big": (86.6, 0.3), "Random": (83.8, 0.6),
-              "Firefly-Opt": (84.0, 0.2), "GradMax": (84.4, 0.4)},
+    "cifar10": {
+        "wrn28": {"Baseline-Small": (89.9, 0.3), "Baseline-Big": (92.9, 0.2),
+                  "Random": (90.6, 0.2), "Firefly-Opt": (90.8, 0.3), "GradMax": (91.1, 0.1)},
+        "vgg11": {"Baseline-Small": (84.1, 0.1), "Baseline-Big": (86.6, 0.3),
+                  "Random": (83.8, 0.6), "Firefly-Opt": (84.0, 0.2), "GradMax": (84.4, 0.4)}},
+    "cifar100": {
+        "wrn28": {"Baseline-Small": (63.7, 0.0), "Baseline-Big": (69.3, 0.1),
+                  "Random": (66.7, 0.4), "Firefly-Opt": (66.5, 0.1), "GradMax": (66.8, 0.2)}},
+    "imagenet": {
+        "mobilenet_v1": {"Baseline-Small": (55.0, 0.0), "Baseline-Big": (70.8, 0.0),
+                         "Random": (66.9, 0.3), "Firefly-Opt": (66.4, 0.1),
+                         "GradMax": (68.6, 0.2)}},
+}
+# The paper's schedule behind each row of Table 1 (section 4.2 and Fig. 5)
+PAPER_SCHEDULE = {
+    "cifar10": "width x0.25 grown x4, 200 epochs of 50000 images at batch 128, 12 growths "
+               "every 2500 steps from step 10000",
+    "cifar100": "width x0.25 grown x4, 200 epochs of 50000 images at batch 128, 12 growths "
+                "every 2500 steps from step 10000",
+    "imagenet": "MobileNet-v1 width x0.25 grown x4 at 224 px, batch 512, growths every 5000 "
+                "steps early in training (Fig. 5); epochs and learning rate not given",
 }
 TS_EVAL_EVERY = 50  # test MSE of the teacher-student runs every this many steps
 
@@ -66,6 +90,9 @@ PARAMETERS = {
     "fig2c_steps": Spec(int, minimum=1),
     "alignment_batch_sizes": Spec(list, item=int, minimum=1, min_length=1),
     "alignment_draws": Spec(int, minimum=1),
+    "image_dataset": Spec(str, choices=IMAGE_DATASETS),
+    "image_root": Spec(str),
+    "image_size": Spec(int, minimum=8),
     "cifar_models": Spec(list, item=str, choices=CIFAR_MODELS),
     "cifar_seeds": Spec(int, minimum=1),
     "cifar_width": Spec(float, minimum=0.01, maximum=1),
@@ -79,6 +106,7 @@ PARAMETERS = {
     "cifar_batch_size": Spec(int, minimum=1),
     "cifar_lr_vgg": Spec(float, minimum=0),
     "cifar_lr_wrn": Spec(float, minimum=0),
+    "cifar_lr_mobilenet": Spec(float, minimum=0),
     "cifar_epsilon": Spec(float, minimum=0),
     "cifar_batch_norm": Spec(bool),
     "cifar_inverse": Spec(bool),
@@ -100,6 +128,16 @@ def validate(namespace: dict) -> dict:
     last = p["cifar_first_growth"] + (p["cifar_growths"] - 1) * p["cifar_interval"]
     require(not p["cifar_models"] or last < p["cifar_steps"], "cifar_interval",
             f"the last growth (step {last}) must come before cifar_steps ({p['cifar_steps']})")
+    dataset, fitting = p["image_dataset"], MODELS_FOR[p["image_dataset"]]
+    require(all(m in fitting for m in p["cifar_models"]), "cifar_models",
+            f"{p['cifar_models']} do not all fit image_dataset {dataset!r}; valid: "
+            f"{list(fitting)}")
+    if p["cifar_models"] and dataset != "cifar10":
+        root = image_root(dataset, p["image_root"])
+        require(root.is_dir(), "image_root",
+                f"no {dataset} folder at {root}: set image_root to the folder holding "
+                + ("cifar-100-python/" if dataset == "cifar100" else
+                   "train/<class>/* and val/<class>/*"))
     require(max(p["alignment_batch_sizes"]) <= p["ts_points"], "alignment_batch_sizes",
             f"batch sizes must not exceed ts_points ({p['ts_points']})")
     require(p["ts_lr"] > 0, "ts_lr", "the learning rate must be positive")
@@ -318,19 +356,46 @@ def ts_experiments(p: dict) -> dict[str, dict]:
 # CIFAR-10 (section 4.2)
 
 
+def image_root(dataset: str, root: str = "") -> Path:
+    """The folder of CIFAR-100 or ImageNet: ``root``, or ``$GROWCORE_DATA/<dataset>``."""
+    return Path(root) if root else data_dir() / dataset
+
+
+def load_images(p: dict, device: str = "cpu") -> tuple[Split, dict]:
+    """The image data set of the parameters: train and test images (uint8, on ``device``),
+    and ``{"classes": [...], "source": "..."}``."""
+    from growcore.images import cifar10, cifar100, imagenet
+
+    sizes = {"n_train": p["cifar_train"] or None, "n_test": p["cifar_test"] or None}
+    dataset = p["image_dataset"]
+    if dataset == "cifar10":
+        images = cifar10(archive=p["cifar_archive"] or None, **sizes)
+    elif dataset == "cifar100":
+        images = cifar100(image_root(dataset, p["image_root"]), **sizes)
+    else:
+        images = imagenet(image_root(dataset, p["image_root"]), size=p["image_size"], **sizes)
+    split = Split(images.X_train, images.y_train, images.X_test, images.y_test).to(device)
+    return split, {"classes": list(images.classes), "source": images.source}
+
+
 def cifar_config(model: str, method: str, p: dict) -> dict:
-    """One CIFAR-10 run: ``model`` at width ``cifar_width`` grown ``cifar_factor`` times wider
+    """One image run: ``model`` at width ``cifar_width`` grown ``cifar_factor`` times wider
     (Baseline-Big starts at the final width) with SGD momentum 0.9 and a cosine schedule."""
     if method not in CIFAR_METHODS:
         raise ValueError(f"method must be one of {CIFAR_METHODS}, got {method!r}")
     width = p["cifar_width"] * (p["cifar_factor"] if method == "Baseline-Big" else 1)
     grows = method not in ("Baseline-Small", "Baseline-Big")
-    return {"task": "cifar10", "model": model, "method": method, "width": width,
+    lr = {"vgg11": p["cifar_lr_vgg"], "wrn28": p["cifar_lr_wrn"],
+          "mobilenet_v1": p["cifar_lr_mobilenet"]}[model]
+    dataset = p["image_dataset"]
+    return {"task": dataset, "model": model, "method": method, "width": width,
+            "num_classes": {"cifar10": 10, "cifar100": 100}.get(dataset),
+            "image_size": p["image_size"] if dataset == "imagenet" else 32,
             "batch_norm": p["cifar_batch_norm"] or model == "wrn28",
             "seeds": list(range(p["cifar_seeds"])),
             "n_train": p["cifar_train"] or None, "n_test": p["cifar_test"] or None,
             "steps": p["cifar_steps"], "batch_size": p["cifar_batch_size"],
-            "lr": p["cifar_lr_vgg"] if model == "vgg11" else p["cifar_lr_wrn"],
+            "lr": lr,
             "momentum": 0.9, "weight_decay": 5e-4, "augment": p["cifar_augment"],
             "growth": {"factor": p["cifar_factor"], "first": p["cifar_first_growth"],
                        "interval": p["cifar_interval"], "count": p["cifar_growths"],
@@ -340,18 +405,31 @@ def cifar_config(model: str, method: str, p: dict) -> dict:
             if grows else None}
 
 
-def cifar_model(config: dict):
-    """VGG11 or WRN-28-1 at the configured width, with ``relu'(0) = 1`` (GradMax section 4).
+def cifar_model(config: dict, num_classes: int | None = None):
+    """VGG11, WRN-28-1 or MobileNet-v1 at the configured width, with ``relu'(0) = 1``
+    (GradMax section 4).
 
-    ``batch_norm`` applies to VGG11; the WRN-28 of :mod:`growcore.models.resnet` always has it.
+    ``batch_norm`` applies to VGG11; the WRN-28 and MobileNet-v1 of :mod:`growcore.models`
+    always have it. MobileNet-v1 takes the ImageNet stem on ImageNet, the CIFAR stem else.
     """
+    from growcore.images import CIFAR10_MEAN, CIFAR10_STD
+    from growcore.models.mobilenet import MobileNetV1
     from growcore.models.resnet import wrn28
     from growcore.models.vgg import vgg11
 
     activation = functools.partial(ReLUWithSlopeAtZero, 1.0)
+    classes = num_classes or config.get("num_classes") or 10
     if config["model"] == "vgg11":
-        return vgg11(config["width"], batch_norm=config["batch_norm"], activation=activation)
-    return wrn28(1, block_width=config["width"], activation=activation)
+        return vgg11(config["width"], classes, batch_norm=config["batch_norm"],
+                     activation=activation)
+    if config["model"] == "wrn28":
+        return wrn28(1, block_width=config["width"], num_classes=classes,
+                     activation=activation)
+    size = config.get("image_size", 32)
+    imagenet = config.get("task") == "imagenet"
+    extra = {} if imagenet else {"mean": CIFAR10_MEAN, "std": CIFAR10_STD}
+    return MobileNetV1(config["width"], classes, "imagenet" if imagenet else "cifar",
+                       activation=activation, input_shape=(3, size, size), **extra)
 
 
 def cifar_initialiser(method: str, growth: dict, seed: int, batch_size: int):
@@ -377,15 +455,19 @@ def cifar_initialiser(method: str, growth: dict, seed: int, batch_size: int):
 
 
 def run_cifar(name: str, config: dict, split, *, directory=None, preset: str = "cpu",
-              device: str = "cpu", progress: bool = False, save: bool = True) -> dict:
-    """Train (and grow) one CIFAR-10 configuration for all its seeds; return its record."""
+              device: str = "cpu", progress: bool = False, save: bool = True,
+              num_classes: int | None = None) -> dict:
+    """Train (and grow) one image configuration for all its seeds; return its record.
+
+    ``num_classes`` defaults to the configuration's (10 for CIFAR-10, 100 for CIFAR-100);
+    pass it for ImageNet folders (the number of class folders)."""
     from growcore.images import augment_cifar
 
     start, rows = time.perf_counter(), []
     steps = config["steps"]
     for seed in config["seeds"]:
         torch.manual_seed(seed)
-        model = cifar_model(config).to(device)
+        model = cifar_model(config, num_classes).to(device)
         plan, times = None, []
         if config["growth"] is not None:
             g = config["growth"]
