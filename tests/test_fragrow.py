@@ -178,3 +178,51 @@ def test_grow_then_cosine():
     history.events.append({"iteration": 40, "blocks_added": 1})
     assert schedule(40, history) == pytest.approx(1.0)
     assert schedule(70, history) == pytest.approx(0.5)   # half way from 40 to 100
+
+
+def _chapter_parameters(**overrides):
+    from growcore.chapters import fragrow as chapter
+    from growcore.runner import notebook_parameters
+
+    tiny = {"seed_blocks": [1, 1], "target_blocks": [2, 1], "widths": [4, 8],
+            "regimes": ["tiny"], "n_train": [16], "epochs": [3], "finetune_min": [1],
+            "augment": [False], "n_val": 4, "n_test": 4, "batch_size": 8, "tables": [5],
+            "n_seeds": 1, "image_size": 32, "progress": False}
+    return chapter.validate(notebook_parameters("fragrow", **{**tiny, **overrides}))
+
+
+@pytest.mark.parametrize("dataset, architecture, classes", [
+    ("cifar100", "resnet", 100), ("imagenet", "resnet", 3), ("imagenet", "mobilenetv2", 3)])
+def test_fragrow_grows_on_generated_cifar100_and_imagenet(tmp_path, dataset, architecture,
+                                                          classes):
+    from test_images import write_cifar100, write_image_folder
+
+    from growcore.chapters import fragrow as chapter
+
+    root = tmp_path / dataset
+    if dataset == "cifar100":
+        write_cifar100(root, n_train=20, n_test=4)
+    else:
+        write_image_folder(root, classes=("n01", "n02", "n03"), per_class=7)
+    widths = [16, 24, 32, 64, 96] if architecture == "mobilenetv2" else [4, 8]
+    blocks = {"seed_blocks": [1] * len(widths), "target_blocks": [2] + [1] * (len(widths) - 1)}
+    p = _chapter_parameters(dataset=dataset, data_root=str(root), architecture=architecture,
+                            widths=widths, **blocks)
+    runs = chapter.experiments(p)
+    config = runs[f"{architecture} tiny FRAGrow s0"]
+    assert config["data"]["root"] == str(root)
+    split = chapter.load_split(config["data"])
+    assert len(split.classes) == classes
+    record = chapter.run("FRAGrow", config, directory=tmp_path, split=split)
+    assert record["metrics"]["final_depths"] == chapter.stage_counts(architecture,
+                                                                     p["target_blocks"])
+    assert 0 <= record["metrics"]["test_error"] <= 1
+
+
+def test_missing_data_folder_and_vgg_on_imagenet_stop_before_compute(tmp_path):
+    from growcore.params import ParameterError
+
+    with pytest.raises(ParameterError, match="parameter 'data_root': no cifar100 folder at"):
+        _chapter_parameters(dataset="cifar100", data_root=str(tmp_path / "absent"))
+    with pytest.raises(ParameterError, match=r"parameter 'architecture'.*resnet or mobilenetv2"):
+        _chapter_parameters(dataset="imagenet", data_root=str(tmp_path), architecture="vgg")

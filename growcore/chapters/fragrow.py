@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -30,20 +31,20 @@ from growcore.fragrow import (
     Periodic,
     average_training_epochs,
 )
-from growcore.images import augment_cifar, cifar10, cifar100
+from growcore.images import IMAGENET_MEAN, IMAGENET_STD, augment_cifar, cifar10, cifar100, imagenet
 from growcore.models.mobilenet import MobileNetV2
 from growcore.models.resnet import resnet
 from growcore.models.vgg import vgg_staged
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
-from growcore.paths import results_dir
+from growcore.paths import data_dir, results_dir
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES, resolve_device
 from growcore.train import GrowthPlan, evaluate, train
 
 PRESETS = ("smoke", "cpu", "gpu")
 ARCHITECTURES = ("resnet", "vgg", "mobilenetv2")
-DATASETS = ("cifar10", "cifar100")
+DATASETS = ("cifar10", "cifar100", "imagenet")
 TABLES = (1, 5, 6, 8, 9, 10)
 GROWING = ("FRAGrow", "periodic", "convergent")  # the methods of the ablation tables
 MOBILENET_FIRST_WIDTH = 24
@@ -51,6 +52,8 @@ MOBILENET_FIRST_WIDTH = 24
 PARAMETERS = {
     "preset": Spec(str, choices=PRESETS),
     "dataset": Spec(str, choices=DATASETS),
+    "data_root": Spec(str),
+    "image_size": Spec(int, minimum=8),
     "architecture": Spec(str, choices=ARCHITECTURES),
     "seed_blocks": Spec(list, item=int, minimum=1, min_length=1),
     "target_blocks": Spec(list, item=int, minimum=1, min_length=1),
@@ -99,17 +102,36 @@ def validate(namespace: dict) -> dict:
             "must include a table with a FRAGrow run (5, 6 or 8)")
     require(all(f < e for f, e in zip(p["finetune_min"], p["epochs"])), "finetune_min",
             f"every entry must be below the regime's epochs {p['epochs']}")
+    require(p["dataset"] != "imagenet" or p["architecture"] != "vgg", "architecture",
+            "the staged VGG is built for 32x32 images; on imagenet use resnet or mobilenetv2")
+    if p["dataset"] != "cifar10":
+        root = data_root(p["dataset"], p["data_root"])
+        require(root.is_dir(), "data_root",
+                f"no {p['dataset']} folder at {root}: set data_root to the folder holding "
+                + ("cifar-100-python/" if p["dataset"] == "cifar100" else
+                   "train/<class>/* and val/<class>/*"))
     return p
 
 
-def build_model(architecture: str, blocks: list[int], widths: list[int], num_classes: int):
-    """The staged network with ``blocks`` per stage (He initialisation)."""
+def data_root(dataset: str, root: str = "") -> Path:
+    """The folder of CIFAR-100 or ImageNet: ``root``, or ``$GROWCORE_DATA/<dataset>``."""
+    return Path(root) if root else data_dir() / dataset
+
+
+def build_model(architecture: str, blocks: list[int], widths: list[int], num_classes: int,
+                image_size: int | None = None):
+    """The staged network with ``blocks`` per stage (He initialisation): CIFAR stem, or the
+    ImageNet stem (and ImageNet's channel statistics) with ``image_size``."""
+    imagenet = {} if image_size is None else {
+        "stem": "imagenet", "input_shape": (3, image_size, image_size),
+        "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     if architecture == "resnet":
-        return resnet(blocks, num_classes, widths=widths)
+        return resnet(blocks, num_classes, widths=widths, **imagenet)
     if architecture == "vgg":
         return vgg_staged(blocks, widths, num_classes)
     # MobileNetV2 takes a width multiplier: the first growing stage has 24 channels at 1.0
-    return MobileNetV2(blocks, width=widths[0] / MOBILENET_FIRST_WIDTH, num_classes=num_classes)
+    return MobileNetV2(blocks, width=widths[0] / MOBILENET_FIRST_WIDTH, num_classes=num_classes,
+                       **imagenet)
 
 
 def stage_counts(architecture: str, blocks: list[int]) -> list[int]:
@@ -125,8 +147,13 @@ def config(p: dict, regime: int, method: str, seed: int) -> dict:
     elif method.endswith((" circulating", " moment")):
         base, variant = method.rsplit(" ", 1)
         order, init = ("circulating", init) if variant == "circulating" else (order, "moment")
-    return {"data": {"name": p["dataset"], "n_train": p["n_train"][regime], "n_val": p["n_val"],
-                     "n_test": p["n_test"], "split_seed": 0, "augment": p["augment"][regime]},
+    data = {"name": p["dataset"], "n_train": p["n_train"][regime], "n_val": p["n_val"],
+            "n_test": p["n_test"], "split_seed": 0, "augment": p["augment"][regime]}
+    if p["dataset"] != "cifar10":
+        data["root"] = str(data_root(p["dataset"], p["data_root"]))
+    if p["dataset"] == "imagenet":
+        data["image_size"] = p["image_size"]
+    return {"data": data,
             "regime": p["regimes"][regime], "method": method, "policy": base,
             "architecture": p["architecture"], "widths": p["widths"],
             "seed_blocks": p["seed_blocks"], "target_blocks": p["target_blocks"],
@@ -156,9 +183,13 @@ def experiments(p: dict) -> dict[str, dict]:
 
 def load_split(data: dict):
     """The image split of a configuration (validation held out of the training images)."""
-    loader = {"cifar10": cifar10, "cifar100": cifar100}[data["name"]]
-    return loader(n_train=data["n_train"], n_val=data["n_val"], n_test=data["n_test"],
-                  seed=data["split_seed"])
+    sizes = {"n_train": data["n_train"], "n_val": data["n_val"], "n_test": data["n_test"],
+             "seed": data["split_seed"]}
+    if data["name"] == "cifar10":
+        return cifar10(**sizes)
+    if data["name"] == "cifar100":
+        return cifar100(data["root"], **sizes)
+    return imagenet(data["root"], size=data["image_size"], **sizes)
 
 
 def _plan(c: dict, ipe: int, tracker: MomentTracker | None):
@@ -197,7 +228,8 @@ def run(name: str, c: dict, *, directory=None, preset: str = "cpu", device: str 
     iterations = c["epochs"] * ipe
     torch.manual_seed(c["seed"])
     blocks = c["target_blocks"] if c["policy"] == "large" else c["seed_blocks"]
-    model = build_model(c["architecture"], blocks, c["widths"], len(split.classes)).to(device)
+    model = build_model(c["architecture"], blocks, c["widths"], len(split.classes),
+                        c["data"].get("image_size")).to(device)
     tracker = MomentTracker(c["moment_decay"]) if c["init"] == "moment" else None
     plan, observers, n_blocks = _plan(c, ipe, tracker)
     if world > 1:
