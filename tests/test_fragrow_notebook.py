@@ -2,6 +2,7 @@
 smoke run (shared with the book test, see conftest.py) are complete and consistent."""
 
 import json
+import math
 
 import pytest
 
@@ -51,3 +52,22 @@ def test_smoke_growth_completes_before_the_finetuning(smoke_book):
             continue
         deadline = (config["epochs"] - config["finetune_min"]) * record["iterations_per_epoch"]
         assert events and max(e["iteration"] for e in events) <= deadline, config["method"]
+
+
+def test_smoke_tables_are_complete_and_normalised_to_their_reference(smoke_book):
+    from growcore.runner import notebook_parameters
+
+    p = fragrow.validate(notebook_parameters("fragrow", "smoke"))
+    records = {r["name"]: r for r in _smoke_records(smoke_book)}
+    for number in p["tables"]:
+        for regime in p["regimes"]:
+            rows = fragrow.table(number, records, p, regime)
+            assert rows and all(row["n"] == p["n_seeds"] for row in rows), (number, regime)
+            if number == 1:
+                continue
+            by_method = {row["method"]: row for row in rows}
+            reference = by_method[fragrow.TIME_REFERENCE[number]]
+            assert reference["time %"] == pytest.approx(100)
+            assert reference["cost %"] == pytest.approx(100)
+            assert all(math.isfinite(row["time %"]) and math.isfinite(row["cost %"])
+                       for row in rows), (number, regime)
