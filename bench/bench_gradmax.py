@@ -13,7 +13,6 @@ Run: ``make bench`` or ``.venv/bin/python bench/bench_gradmax.py``.
 from __future__ import annotations
 
 import functools
-import time
 
 import torch
 
@@ -21,7 +20,7 @@ from growcore.activations import ReLUWithSlopeAtZero
 from growcore.data import Split
 from growcore.gradmax import GradMax, GrowToWidths, TargetNorm, collect, gradient_matrix
 from growcore.models.vgg import vgg11
-from growcore.runtime import resolve_device
+from growcore.runtime import best_seconds, resolve_device
 from growcore.widen import widen
 
 BATCH = 128  # paper: batch 128 on CIFAR, also for the GradMax statistic
@@ -29,21 +28,6 @@ WIDTH = 0.25  # paper: VGG11 grown from x0.25 to x1 in 12 growths
 GROWTHS = 12
 
 
-def seconds(fn, repeats: int = 3) -> float:
-    """Best of ``repeats`` timings of one call (the minimum is least disturbed by noise)."""
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -66,8 +50,8 @@ def main() -> None:
         widen(model, sites, how, split)
 
     step()  # warm-up
-    t_step, t_growth = seconds(step), seconds(growth)
-    t_aux = seconds(functools.partial(growth, "auxiliary"))
+    t_step, t_growth = best_seconds(step), best_seconds(growth)
+    t_aux = best_seconds(functools.partial(growth, "auxiliary"))
     print(f"VGG11 x{WIDTH}, batch {BATCH}, {device}, {torch.get_num_threads()} CPU threads")
     print(f"  one training step           {1000 * t_step:8.1f} ms")
     print(f"  one GradMax growth step     {1000 * t_growth:8.1f} ms  "
@@ -78,9 +62,9 @@ def main() -> None:
 
     sites = model.width_sites()
     data = collect(model, sites, split, "cross_entropy")
-    t_collect = seconds(lambda: collect(model, sites, split, "cross_entropy"))
-    t_matrices = seconds(lambda: [gradient_matrix(model, s, data[s]) for s in sites])
-    t_svds = seconds(lambda: [torch.linalg.svd(gradient_matrix(model, s, data[s]),
+    t_collect = best_seconds(lambda: collect(model, sites, split, "cross_entropy"))
+    t_matrices = best_seconds(lambda: [gradient_matrix(model, s, data[s]) for s in sites])
+    t_svds = best_seconds(lambda: [torch.linalg.svd(gradient_matrix(model, s, data[s]),
                                                full_matrices=False) for s in sites]) - t_matrices
     print(f"\n  parts of the exact growth step, in training steps: statistics (one "
           f"forward-backward) {t_collect / t_step:.2f}, matrices {t_matrices / t_step:.2f}, "
@@ -88,7 +72,7 @@ def main() -> None:
     print("\n  site (producer -> consumer)                 matrix size       SVD ms")
     for site in sites:
         G = gradient_matrix(model, site, data[site])
-        t = seconds(lambda G=G: torch.linalg.svd(G, full_matrices=False))
+        t = best_seconds(lambda G=G: torch.linalg.svd(G, full_matrices=False))
         print(f"  {site.producer:>18s} -> {site.consumer:<20s} "
               f"{G.shape[0]:6d} x {G.shape[1]:<6d} {1000 * t:10.2f}")
 

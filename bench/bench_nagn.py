@@ -12,14 +12,13 @@ Run: ``make bench`` or ``.venv/bin/python bench/bench_nagn.py``.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from growcore.data import Split
 from growcore.models.vgg import NAGN_EXAMPLE, VGG
 from growcore.nagn import NAGN, KaimingNew, NAGNObserver
 from growcore.optim import make_optimizer, rebuild_optimizer
+from growcore.runtime import best_seconds
 from growcore.train import train
 from growcore.widen import widen
 
@@ -27,15 +26,6 @@ N_TRAIN, BATCH = 4000, 500   # one "epoch" of 8 batches of the paper's size
 REPEATS = 5                  # growth steps timed
 
 
-def seconds(fn, repeats: int = 1) -> float:
-    """Best of three timings of ``repeats`` calls (the minimum is least disturbed by noise)."""
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -51,7 +41,7 @@ def main() -> None:
         train(model, data, iterations=iterations, lr=1e-3, optimizer="adamw",
               batch_size=BATCH, observers=observers, eval_every=iterations, progress=False)
 
-    plain, observed = seconds(lambda: epoch(False)), seconds(lambda: epoch(True))
+    plain, observed = best_seconds(lambda: epoch(False)), best_seconds(lambda: epoch(True))
     print(f"-- one epoch of {iterations} batches of {BATCH}: plain {plain:.2f} s, with NAGN "
           f"statistics {observed:.2f} s, overhead = {100 * (observed / plain - 1):+.1f} %")
 
@@ -74,7 +64,7 @@ def main() -> None:
         growth = widen(model, sites, KaimingNew())
         rebuild_optimizer(opt, model, growth)
 
-    t_grow, t_step = seconds(grow, REPEATS) / REPEATS, seconds(step, REPEATS) / REPEATS
+    t_grow, t_step = best_seconds(grow, REPEATS) / REPEATS, best_seconds(step, REPEATS) / REPEATS
     print(f"-- growth step {1e3 * t_grow:.1f} ms, training step {1e3 * t_step:.1f} ms, "
           f"growth/step = {t_grow / t_step:.2f}")
 

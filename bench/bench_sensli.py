@@ -10,13 +10,12 @@ Run: ``make bench`` or ``.venv/bin/python bench/bench_sensli.py``.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from growcore.data import spiral
 from growcore.losses import per_seed_cross_entropy
 from growcore.models import build
+from growcore.runtime import best_seconds
 from growcore.train import train
 from growcore.where import sensli_merits
 
@@ -25,15 +24,6 @@ ITERATIONS = 200   # per timing of the training loop
 REPEATS = 200      # merit evaluations / training steps timed
 
 
-def seconds(fn, repeats: int = 1) -> float:
-    """Best of three timings of ``repeats`` calls (the minimum is least disturbed by noise)."""
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def batched_vs_loop(kind: str, widths: list[int], data) -> float:
@@ -45,7 +35,7 @@ def batched_vs_loop(kind: str, widths: list[int], data) -> float:
             train(build(kind, widths, [seed]), data, iterations=ITERATIONS, lr=0.1,
                   progress=False)
 
-    t_batched, t_loop = seconds(batched), seconds(loop)
+    t_batched, t_loop = best_seconds(batched), best_seconds(loop)
     print(f"{kind} {widths}: {len(SEEDS)} seeds x {ITERATIONS} iterations: "
           f"batched {t_batched:.2f} s, loop {t_loop:.2f} s, "
           f"loop/batched = {t_loop / t_batched:.1f}x")
@@ -61,8 +51,8 @@ def merit_vs_step(kind: str, widths: list[int], data) -> float:
         per_seed_cross_entropy(model(data.X_train), data.y_train).sum().backward()
         opt.step()
 
-    t_merit = seconds(lambda: sensli_merits(model, data), REPEATS) / REPEATS
-    t_step = seconds(step, REPEATS) / REPEATS
+    t_merit = best_seconds(lambda: sensli_merits(model, data), REPEATS) / REPEATS
+    t_step = best_seconds(step, REPEATS) / REPEATS
     print(f"{kind} {widths}: merit evaluation {1e3 * t_merit:.2f} ms, training step "
           f"{1e3 * t_step:.2f} ms, merit/step = {t_merit / t_step:.1f}")
     return t_merit / t_step

@@ -24,3 +24,22 @@ def setup(threads: int, seed: int = 0) -> None:
     """Torch threads (1 is fastest for tiny nets on a CPU) and the global seed."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
+
+
+def best_seconds(fn, repeats: int = 1, trials: int = 3) -> float:
+    """Best of ``trials`` wall times of ``repeats`` calls of ``fn`` (the minimum is least
+    disturbed by a noisy machine), waiting for the GPU where there is one. For benchmarks:
+    compare times taken in one run."""
+    import time
+
+    best = float("inf")
+    for _ in range(trials):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
