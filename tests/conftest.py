@@ -71,6 +71,9 @@ def require_build(smoke_book) -> SmokeBook:
     return smoke_book
 
 
+CELL_TIMEOUT = 60  # seconds: a bad value must stop a notebook long before any cell runs so long
+
+
 @pytest.fixture
 def stops_before_compute(tmp_path, monkeypatch):
     """``check(notebook, name, value, message)``: papermill with ``name=value`` must stop in
@@ -84,7 +87,8 @@ def stops_before_compute(tmp_path, monkeypatch):
         with pytest.raises(papermill.PapermillExecutionError) as error:
             papermill.execute_notebook(str(path), str(tmp_path / "out.ipynb"),
                                        parameters={name: value}, kernel_name="python3",
-                                       cwd=str(path.parent), progress_bar=False)
+                                       cwd=str(path.parent), progress_bar=False,
+                                       execution_timeout=CELL_TIMEOUT)
         assert message in str(error.value)
         assert "ParameterError" in error.value.ename
         assert not (tmp_path / "results").exists(), "nothing may be computed or written"

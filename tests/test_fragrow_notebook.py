@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("name, value, message", [
     ("alpha", "four", "parameter 'alpha' must be float"),
     ("target_blocks", [1, 1, 1], "parameter 'target_blocks': must be deeper than seed_blocks"),
-    ("finetune_min", [30, 1], "parameter 'finetune_min': every entry must be below"),
+    ("finetune_min", [45, 1], "parameter 'finetune_min': every entry must be below"),
     ("tables", [1], "parameter 'tables': must include a table with a FRAGrow run"),
 ])
 def test_bad_parameter_stops_before_compute(stops_before_compute, name, value, message):
