@@ -24,15 +24,13 @@ from growcore.blocks import BlockInit, StageOrder, add_blocks
 from growcore.chapters import fragrow
 from growcore.images import CIFAR10_CLASSES, DataNotFoundError, ImageSplit
 from growcore.optim import make_optimizer, rebuild_optimizer
+from growcore.runner import notebook_parameters
 
-PARAMS = {"preset": "cpu", "dataset": "cifar10", "architecture": "resnet",
-          "seed_blocks": [1, 1, 1], "target_blocks": [3, 3, 3], "widths": [16, 32, 64],
-          "regimes": ["bench"], "n_train": [1024], "epochs": [6], "finetune_min": [1],
-          "augment": [True],
-          "n_val": 256, "n_test": 256, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
-          "momentum": 0.9, "alpha": 4.0, "alphas": [], "fast_factor": 4.0, "patience": 2,
-          "lipgrow_tolerance": 1.1, "moment_decay": 0.9, "tables": [5], "n_seeds": 1,
-          "device": "cpu", "threads": 2, "reuse_records": False, "progress": False}
+# The chapter's cpu parameters with a bench-sized network and data set
+BENCH = {"seed_blocks": [1, 1, 1], "target_blocks": [3, 3, 3], "widths": [16, 32, 64],
+         "regimes": ["bench"], "n_train": [1024], "epochs": [6], "finetune_min": [1],
+         "augment": [True], "n_val": 256, "n_test": 256, "alphas": [], "tables": [5],
+         "n_seeds": 1, "device": "cpu", "threads": 2, "progress": False}
 
 
 def split_for(data: dict):
@@ -53,7 +51,7 @@ def split_for(data: dict):
 
 
 def normalised_time() -> None:
-    p = fragrow.validate(PARAMS)
+    p = fragrow.validate(notebook_parameters("fragrow", "cpu", **BENCH))
     runs = fragrow.experiments(p)
     split = split_for(next(iter(runs.values()))["data"])
     out = {}
@@ -99,6 +97,6 @@ def growth_step_cost() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(PARAMS["threads"])
+    torch.set_num_threads(BENCH["threads"])
     normalised_time()
     growth_step_cost()
