@@ -29,3 +29,23 @@ def data_dir() -> Path:
 def results_dir() -> Path:
     """Results location: ``$GROWCORE_RESULTS``, default ``<repo>/results``."""
     return Path(os.environ.get("GROWCORE_RESULTS", repo_root() / "results"))
+
+
+# What a data set's folder must hold, for the error message of a missing one
+DATASET_LAYOUT = {"cifar100": "cifar-100-python/ (the python release)",
+                  "imagenet": "train/<class>/* and val/<class>/*"}
+
+
+def dataset_dir(dataset: str, root: str = "") -> Path:
+    """The folder of a data set read from disk (CIFAR-100, ImageNet): ``root`` when given,
+    else ``$GROWCORE_DATA/<dataset>``."""
+    return Path(root) if root else data_dir() / dataset
+
+
+def missing_dataset_message(dataset: str, root: str = "") -> str | None:
+    """None when the folder of ``dataset`` exists, else a message saying what to set."""
+    folder = dataset_dir(dataset, root)
+    if folder.is_dir():
+        return None
+    return (f"no {dataset} folder at {folder}: set data_root to the folder holding "
+            f"{DATASET_LAYOUT.get(dataset, 'the data set')}")

@@ -255,7 +255,7 @@ def test_image_runs_on_generated_cifar100_and_imagenet(tmp_path, dataset, classe
         write_cifar100(root, n_train=8, n_test=4)
     else:
         write_image_folder(root, classes=("n01", "n02", "n03"), per_class=4)
-    p = _image_parameters(image_dataset=dataset, image_root=str(root),
+    p = _image_parameters(image_dataset=dataset, data_root=str(root),
                           cifar_models=["mobilenet_v1"])
     images, about = chapter.load_images(p)
     assert len(about["classes"]) == classes
@@ -272,8 +272,8 @@ def test_image_runs_on_generated_cifar100_and_imagenet(tmp_path, dataset, classe
 
 def test_image_parameters_that_do_not_fit_stop_before_compute(tmp_path):
     with pytest.raises(ParameterError, match=r"parameter 'cifar_models'.*valid: \['mobilenet_v1'"):
-        _image_parameters(image_dataset="imagenet", image_root=str(tmp_path),
+        _image_parameters(image_dataset="imagenet", data_root=str(tmp_path),
                           cifar_models=["vgg11"])
-    with pytest.raises(ParameterError, match="parameter 'image_root': no cifar100 folder at"):
-        _image_parameters(image_dataset="cifar100", image_root=str(tmp_path / "absent"),
+    with pytest.raises(ParameterError, match="parameter 'data_root': no cifar100 folder at"):
+        _image_parameters(image_dataset="cifar100", data_root=str(tmp_path / "absent"),
                           cifar_models=["wrn28"])

@@ -222,12 +222,17 @@ def test_adamw_state_survives_nagn_growth():
     assert new_opt.state[new_p]["exp_avg"][4:].abs().max() == 0
 
 
-def test_nagn_growth_in_the_training_loop_applies_its_increments():
+def _bottleneck_problem():
+    """64 random 8x8 images of 5 classes, a VGG block [8, 2, 8] and its NAGN observer."""
     torch.manual_seed(0)
     X = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
     y = torch.arange(64) % 5
     model = VGG([[8, 2, 8]], num_classes=5, input_shape=(3, 8, 8))
-    observer = NAGNObserver(window=4)
+    return X, y, model, NAGNObserver(window=4)
+
+
+def test_nagn_growth_in_the_training_loop_applies_its_increments():
+    X, y, model, observer = _bottleneck_problem()
     where = NAGN(observer, tau=0.05, delta_max=64)
     plan = GrowthPlan(_At(8), where, KaimingNew(), op=widen)
     grown, history = train(model, Split(X, y), iterations=10, lr=1e-2, optimizer="adamw",
@@ -242,11 +247,7 @@ def test_nagn_growth_in_the_training_loop_applies_its_increments():
 
 def test_nagn_where_composes_with_the_gradmax_initialiser():
     """NAGN decides where and how much; GradMax (the GradMax chapter's how) initialises."""
-    torch.manual_seed(0)
-    X = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    y = torch.arange(64) % 5
-    model = VGG([[8, 2, 8]], num_classes=5, input_shape=(3, 8, 8))
-    observer = NAGNObserver(window=4)
+    X, y, model, observer = _bottleneck_problem()
     gradmax, made, checked = GradMax(batch_size=32, norm=TargetNorm(value=1e-3)), [], []
 
     def how(model, site, k, split):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from pathlib import Path
 
 import torch
 
@@ -37,7 +36,7 @@ from growcore.models.resnet import resnet
 from growcore.models.vgg import vgg_staged
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
-from growcore.paths import data_dir, results_dir
+from growcore.paths import dataset_dir, missing_dataset_message, results_dir
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES, resolve_device
 from growcore.train import GrowthPlan, evaluate, train
@@ -105,17 +104,9 @@ def validate(namespace: dict) -> dict:
     require(p["dataset"] != "imagenet" or p["architecture"] != "vgg", "architecture",
             "the staged VGG is built for 32x32 images; on imagenet use resnet or mobilenetv2")
     if p["dataset"] != "cifar10":
-        root = data_root(p["dataset"], p["data_root"])
-        require(root.is_dir(), "data_root",
-                f"no {p['dataset']} folder at {root}: set data_root to the folder holding "
-                + ("cifar-100-python/" if p["dataset"] == "cifar100" else
-                   "train/<class>/* and val/<class>/*"))
+        missing = missing_dataset_message(p["dataset"], p["data_root"])
+        require(missing is None, "data_root", missing or "")
     return p
-
-
-def data_root(dataset: str, root: str = "") -> Path:
-    """The folder of CIFAR-100 or ImageNet: ``root``, or ``$GROWCORE_DATA/<dataset>``."""
-    return Path(root) if root else data_dir() / dataset
 
 
 def build_model(architecture: str, blocks: list[int], widths: list[int], num_classes: int,
@@ -150,7 +141,7 @@ def config(p: dict, regime: int, method: str, seed: int) -> dict:
     data = {"name": p["dataset"], "n_train": p["n_train"][regime], "n_val": p["n_val"],
             "n_test": p["n_test"], "split_seed": 0, "augment": p["augment"][regime]}
     if p["dataset"] != "cifar10":
-        data["root"] = str(data_root(p["dataset"], p["data_root"]))
+        data["root"] = str(dataset_dir(p["dataset"], p["data_root"]))
     if p["dataset"] == "imagenet":
         data["image_size"] = p["image_size"]
     return {"data": data,

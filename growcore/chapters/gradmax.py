@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from growcore.losses import LOSSES
 from growcore.models.mlp import MLP, teacher
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
-from growcore.paths import data_dir
+from growcore.paths import dataset_dir, missing_dataset_message
 from growcore.runtime import DEVICES
 from growcore.train import GrowthPlan, train
 from growcore.when import Every
@@ -91,7 +90,7 @@ PARAMETERS = {
     "alignment_batch_sizes": Spec(list, item=int, minimum=1, min_length=1),
     "alignment_draws": Spec(int, minimum=1),
     "image_dataset": Spec(str, choices=IMAGE_DATASETS),
-    "image_root": Spec(str),
+    "data_root": Spec(str),
     "image_size": Spec(int, minimum=8),
     "cifar_models": Spec(list, item=str, choices=CIFAR_MODELS),
     "cifar_seeds": Spec(int, minimum=1),
@@ -133,11 +132,8 @@ def validate(namespace: dict) -> dict:
             f"{p['cifar_models']} do not all fit image_dataset {dataset!r}; valid: "
             f"{list(fitting)}")
     if p["cifar_models"] and dataset != "cifar10":
-        root = image_root(dataset, p["image_root"])
-        require(root.is_dir(), "image_root",
-                f"no {dataset} folder at {root}: set image_root to the folder holding "
-                + ("cifar-100-python/" if dataset == "cifar100" else
-                   "train/<class>/* and val/<class>/*"))
+        missing = missing_dataset_message(dataset, p["data_root"])
+        require(missing is None, "data_root", missing or "")
     require(max(p["alignment_batch_sizes"]) <= p["ts_points"], "alignment_batch_sizes",
             f"batch sizes must not exceed ts_points ({p['ts_points']})")
     require(p["ts_lr"] > 0, "ts_lr", "the learning rate must be positive")
@@ -356,11 +352,6 @@ def ts_experiments(p: dict) -> dict[str, dict]:
 # CIFAR-10 (section 4.2)
 
 
-def image_root(dataset: str, root: str = "") -> Path:
-    """The folder of CIFAR-100 or ImageNet: ``root``, or ``$GROWCORE_DATA/<dataset>``."""
-    return Path(root) if root else data_dir() / dataset
-
-
 def load_images(p: dict, device: str = "cpu") -> tuple[Split, dict]:
     """The image data set of the parameters: train and test images (uint8, on ``device``),
     and ``{"classes": [...], "source": "..."}``."""
@@ -371,9 +362,9 @@ def load_images(p: dict, device: str = "cpu") -> tuple[Split, dict]:
     if dataset == "cifar10":
         images = cifar10(archive=p["cifar_archive"] or None, **sizes)
     elif dataset == "cifar100":
-        images = cifar100(image_root(dataset, p["image_root"]), **sizes)
+        images = cifar100(dataset_dir(dataset, p["data_root"]), **sizes)
     else:
-        images = imagenet(image_root(dataset, p["image_root"]), size=p["image_size"], **sizes)
+        images = imagenet(dataset_dir(dataset, p["data_root"]), size=p["image_size"], **sizes)
     split = Split(images.X_train, images.y_train, images.X_test, images.y_test).to(device)
     return split, {"classes": list(images.classes), "source": images.source}
 
