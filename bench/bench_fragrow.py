@@ -20,11 +20,12 @@ import time
 
 import torch
 
-from growcore.blocks import BlockInit, StageOrder, add_blocks
 from growcore.chapters import fragrow
+from growcore.how import BlockInit
 from growcore.images import CIFAR10_CLASSES, DataNotFoundError, ImageSplit
-from growcore.optim import make_optimizer, rebuild_optimizer
+from growcore.ops import add_blocks, make_optimizer, rebuild_optimizer
 from growcore.runner import notebook_parameters
+from growcore.where import StageOrder
 
 # The chapter's cpu parameters with a bench-sized network and data set
 BENCH = {"seed_blocks": [1, 1, 1], "target_blocks": [3, 3, 3], "widths": [16, 32, 64],

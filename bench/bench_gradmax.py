@@ -18,10 +18,12 @@ import torch
 
 from growcore.activations import ReLUWithSlopeAtZero
 from growcore.data import Split
-from growcore.gradmax import GradMax, GrowToWidths, TargetNorm, collect, gradient_matrix
+from growcore.how import GradMax
 from growcore.models.vgg import vgg11
+from growcore.ops import widen
 from growcore.runtime import best_seconds, resolve_device
-from growcore.widen import widen
+from growcore.stats import TargetNorm, collect, gradient_matrix
+from growcore.where import GrowToWidths
 
 BATCH = 128  # paper: batch 128 on CIFAR, also for the GradMax statistic
 WIDTH = 0.25  # paper: VGG11 grown from x0.25 to x1 in 12 growths

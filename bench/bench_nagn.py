@@ -15,12 +15,13 @@ from __future__ import annotations
 import torch
 
 from growcore.data import Split
+from growcore.how import KaimingNew
 from growcore.models.vgg import NAGN_EXAMPLE, VGG
-from growcore.nagn import NAGN, KaimingNew, NAGNObserver
-from growcore.optim import make_optimizer, rebuild_optimizer
+from growcore.ops import make_optimizer, rebuild_optimizer, widen
 from growcore.runtime import best_seconds
+from growcore.stats import NAGNObserver
 from growcore.train import train
-from growcore.widen import widen
+from growcore.where import NAGN
 
 N_TRAIN, BATCH = 4000, 500   # one "epoch" of 8 batches of the paper's size
 REPEATS = 5                  # growth steps timed

@@ -13,7 +13,7 @@ growing run distributed:
   wrapper and wraps the grown network in a new DDP, whose construction broadcasts rank 0's
   parameters and buffers (so randomly initialised blocks are the same on every rank). The
   returned growth maps the wrapper's parameter names (``module.*``), so the optimiser state is
-  carried by :func:`growcore.optim.rebuild_optimizer` as in a single process.
+  carried by :func:`growcore.ops.rebuild_optimizer` as in a single process.
 
 With full-batch training, ranks holding equal shards average their gradients to exactly the
 single-process gradient; with mini-batches of ``b`` per rank, one update sees ``b * world``

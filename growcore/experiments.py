@@ -52,7 +52,8 @@ def plan_from(growth: dict | None) -> GrowthPlan | None:
     if growth is None:
         return None
     how = IdentityLayer(growth["resnet_W1_scale"])
-    where = SensLI(select=growth["select"], normalisation=growth["normalisation"], how=how)
+    where = SensLI(select=growth["select"], normalisation=growth["normalisation"],
+                   resnet_W1_scale=growth["resnet_W1_scale"])
     return GrowthPlan(AtIterations(growth["at"]), where, how, lr_factor=growth["lr_factor"])
 
 

@@ -2,7 +2,7 @@
 
 A growth step is one composition: ``plan.when`` fires, ``plan.where`` picks the sites,
 ``plan.how`` fills the new weights, ``plan.op`` (a :mod:`growcore.ops` operator) applies the
-change, and :func:`growcore.optim.rebuild_optimizer` carries the optimiser state across it.
+change, and :func:`growcore.ops.rebuild_optimizer` carries the optimiser state across it.
 
 The loop works on seed-batched models (outputs [S, N, c]) and on ordinary ``nn.Module``
 models (outputs [N, c], treated as one seed).
@@ -20,8 +20,7 @@ from tqdm import tqdm  # not tqdm.auto: no widgets (they need remote scripts in 
 from growcore.data import Split
 from growcore.losses import LOSSES, as_seed_batch, per_seed_error
 from growcore.models.seed_batched import SeedShapeMismatch
-from growcore.ops import insert_layers
-from growcore.optim import make_optimizer, rebuild_optimizer
+from growcore.ops import insert_layers, make_optimizer, rebuild_optimizer
 
 
 @dataclass

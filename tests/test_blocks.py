@@ -4,21 +4,17 @@ growth, growth order, optimiser state, and the whole loop with a FRAGrow plan.""
 import pytest
 import torch
 
-from growcore.blocks import (
-    BlockInit,
-    MomentTracker,
-    StageOrder,
-    add_blocks,
-    depths,
-    is_shape_preserving,
-)
 from growcore.data import Split
-from growcore.fragrow import FRAGrow, GrowThenCosine
+from growcore.how import BlockInit
 from growcore.models.mobilenet import MobileNetV2
 from growcore.models.resnet import resnet
+from growcore.models.staged import depths, is_shape_preserving
 from growcore.models.vgg import vgg_staged
-from growcore.optim import make_optimizer, rebuild_optimizer
+from growcore.ops import GrowThenCosine, add_blocks, make_optimizer, rebuild_optimizer
+from growcore.stats import MomentTracker
 from growcore.train import GrowthPlan, train
+from growcore.when import FRAGrow
+from growcore.where import StageOrder
 
 PRESERVED = 1e-5  # float32 forward passes of the same function through more modules
 HE_STD = 0.05  # relative error of a sample standard deviation over > 1000 weights

@@ -5,12 +5,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from growcore.blocks import BlockInit, StageOrder, add_blocks, is_shape_preserving, unwrap
 from growcore.data import Split
 from growcore.distributed import Agreed, distributed_op, shard, wrap
-from growcore.fragrow import FRAGrow
+from growcore.how import BlockInit
+from growcore.models.staged import is_shape_preserving, unwrap
 from growcore.models.vgg import vgg_staged
+from growcore.ops import add_blocks
 from growcore.train import GrowthPlan, train
+from growcore.when import FRAGrow
+from growcore.where import StageOrder
 
 WORLD = 2
 ITERATIONS = 12

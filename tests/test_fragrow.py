@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from growcore.fragrow import (
+from growcore.models.vgg import vgg_staged
+from growcore.ops import GrowThenCosine
+from growcore.train import History
+from growcore.when import (
     Convergent,
     FRAGrow,
-    GrowThenCosine,
     LipGrow,
     Periodic,
     average_training_epochs,
@@ -19,8 +21,6 @@ from growcore.fragrow import (
     max_interval,
     overfitting_risk_level,
 )
-from growcore.models.vgg import vgg_staged
-from growcore.train import History
 
 EXACT = 1e-12  # closed-form arithmetic in double precision
 SPECTRAL = 1e-6  # matrix 2-norm by an SVD

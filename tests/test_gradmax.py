@@ -1,4 +1,4 @@
-"""GradMax (growcore.gradmax) against closed-form theory and brute-force autograd.
+"""GradMax (growcore.how.width, growcore.stats.gradmax) against closed-form theory and autograd.
 
 * eq. (9)/(11): with zero incoming weights the new units' incoming gradient is ``G^T W_out``;
   the SVD initialisation reaches ``c (sigma_1^2 + ... + sigma_k^2)^(1/2)`` and no random
@@ -14,26 +14,20 @@ from torch import nn
 
 from growcore.activations import ReLUWithSlopeAtZero
 from growcore.data import Split
-from growcore.gradmax import (
-    FireflyOpt,
-    FixedSites,
-    GradMax,
-    GradMaxOpt,
-    GrowToWidths,
-    LargestSingularValue,
-    Random,
+from growcore.how import FireflyOpt, GradMax, GradMaxOpt, Random, Zero
+from growcore.losses import LOSSES
+from growcore.models.mlp import MLP, teacher
+from growcore.models.sites import WidthSite
+from growcore.ops import NewUnits, widen
+from growcore.params import ParameterError
+from growcore.stats import (
     TargetNorm,
-    Zero,
     auxiliary_kernel_matrix,
     collect,
     gradient_matrix,
     incoming_gradient_norm,
 )
-from growcore.losses import LOSSES
-from growcore.models.mlp import MLP, teacher
-from growcore.models.sites import WidthSite
-from growcore.params import ParameterError
-from growcore.widen import NewUnits, widen
+from growcore.where import FixedSites, GrowToWidths, LargestSingularValue
 
 DTYPE = torch.float64
 GRAD_TOL = 1e-9  # relative: two float64 computations of the same gradient
@@ -212,7 +206,7 @@ def test_every_initialiser_keeps_the_function_except_firefly_by_epsilon():
 
 def test_where_criteria():
     student, split = _teacher_student(widths_student=(8, 3, 3, 4))
-    sites, info = LargestSingularValue(k=2, how=GradMax(loss="mse"))(student, split)
+    sites, info = LargestSingularValue(k=2, loss="mse")(student, split)
     assert len(sites) == 1 and sites[0][1] == 2
     assert info["chosen"][0] == max(info["scores"], key=info["scores"].get)
     grow = GrowToWidths(factor=3, growths=2)

@@ -10,22 +10,13 @@ import torch
 from torch import nn
 
 from growcore.data import Split
-from growcore.gradmax import GradMax, TargetNorm
+from growcore.how import GradMax, KaimingNew
 from growcore.models.vgg import VGG
-from growcore.nagn import (
-    NAGN,
-    KaimingNew,
-    NAGNObserver,
-    ValidationWindow,
-    increments,
-    nagn_direct,
-    neighbour_average,
-    non_decreasing,
-    relative_contrast,
-)
-from growcore.optim import make_optimizer, rebuild_optimizer
+from growcore.ops import make_optimizer, rebuild_optimizer, widen
+from growcore.stats import NAGNObserver, TargetNorm, nagn_direct
 from growcore.train import GrowthPlan, train
-from growcore.widen import widen
+from growcore.when import ValidationWindow
+from growcore.where import NAGN, increments, neighbour_average, non_decreasing, relative_contrast
 
 EXACT = 1e-12       # float64 arithmetic on a handful of numbers
 PRESERVED = 1e-5    # float32 forward passes before and after growth agree to rounding

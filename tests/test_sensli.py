@@ -10,7 +10,8 @@ from growcore.losses import per_seed_cross_entropy
 from growcore.models import build
 from growcore.ops import insert_layers
 from growcore.sensitivity import base_gradient, extended_problem, first_order_check, solve_kkt
-from growcore.where import SensLI, extended_gradients, sensli_merits
+from growcore.stats import extended_gradients
+from growcore.where import SensLI, sensli_merits
 
 EXACT = 1e-12      # float64 operations that should agree to rounding
 FD_TOL = 1e-7      # finite differences (step 1e-6, float64) against backpropagation

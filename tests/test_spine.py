@@ -11,8 +11,7 @@ from growcore.data import Split, spiral
 from growcore.experiments import chosen_sites, run_spiral, spiral_config
 from growcore.how import IdentityLayer
 from growcore.models import build
-from growcore.ops import insert_layers
-from growcore.optim import make_optimizer, rebuild_optimizer
+from growcore.ops import insert_layers, make_optimizer, rebuild_optimizer
 from growcore.params import ParameterError, Spec, check, require, validate
 from growcore.train import GrowthPlan, evaluate, train
 from growcore.when import AtIterations, Every

@@ -1,4 +1,4 @@
-"""Width growth (growcore.widen): function preservation of every widening, in train and eval
+"""Width growth (growcore.ops.widen): function preservation of every widening, in train and eval
 mode, and the optimiser state carried across it."""
 
 import pytest
@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from growcore.activations import ReLUWithSlopeAtZero
-from growcore.gradmax import Random, TargetNorm
+from growcore.how import Random
 from growcore.models.mlp import MLP
 from growcore.models.sites import WidthSite, check_width_sites
-from growcore.optim import make_optimizer, rebuild_optimizer
-from growcore.widen import NewUnits, widen
+from growcore.ops import NewUnits, make_optimizer, rebuild_optimizer, widen
+from growcore.stats import TargetNorm
 
 PRESERVE_TOL = 1e-12  # float64: a function-preserving widening changes outputs by rounding only
 DTYPE = torch.float64

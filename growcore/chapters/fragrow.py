@@ -2,7 +2,7 @@
 
 Every run grows a staged network (or trains a fixed one) on an image split with the spine's
 :func:`growcore.train.train`: SGD with momentum, the learning rate constant while growing and
-then cosine decay (:class:`growcore.fragrow.GrowThenCosine`), one evaluation per epoch (the
+then cosine decay (:class:`growcore.ops.GrowThenCosine`), one evaluation per epoch (the
 when-policies read it), the test error measured once at the end in evaluation mode.
 Methods, by the slides' tables: ``small`` and ``large`` (seed and target trained directly),
 ``FRAGrow``, ``periodic``, ``fast`` (periodic at a fraction of ``I_max``: Table 1's fast
@@ -20,26 +20,23 @@ import time
 import torch
 
 from growcore import results
-from growcore.blocks import BlockInit, MomentTracker, StageOrder, add_blocks, depths, unwrap
 from growcore.distributed import Agreed, distributed_op, init_from_environment, shard, wrap
-from growcore.fragrow import (
-    Convergent,
-    FRAGrow,
-    GrowThenCosine,
-    LipGrow,
-    Periodic,
-    average_training_epochs,
-)
+from growcore.how import BlockInit
 from growcore.images import IMAGENET_MEAN, IMAGENET_STD, augment_cifar, cifar10, cifar100, imagenet
 from growcore.models.mobilenet import MobileNetV2
 from growcore.models.resnet import resnet
+from growcore.models.staged import depths, unwrap
 from growcore.models.vgg import vgg_staged
+from growcore.ops import GrowThenCosine, add_blocks
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
 from growcore.paths import dataset_dir, missing_dataset_message, results_dir
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES, resolve_device
+from growcore.stats import MomentTracker
 from growcore.train import GrowthPlan, evaluate, train
+from growcore.when import Convergent, FRAGrow, LipGrow, Periodic, average_training_epochs
+from growcore.where import StageOrder
 
 PRESETS = ("smoke", "cpu", "gpu")
 ARCHITECTURES = ("resnet", "vgg", "mobilenetv2")

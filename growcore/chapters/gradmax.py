@@ -17,26 +17,18 @@ import torch
 from growcore import results
 from growcore.activations import ReLUWithSlopeAtZero
 from growcore.data import Split
-from growcore.gradmax import (
-    FireflyOpt,
-    FixedSites,
-    GradMax,
-    GradMaxOpt,
-    GrowToWidths,
-    Random,
-    TargetNorm,
-    collect,
-    gradient_matrix,
-)
+from growcore.how import FireflyOpt, GradMax, GradMaxOpt, Random
 from growcore.losses import LOSSES
 from growcore.models.mlp import MLP, teacher
+from growcore.ops import widen
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
 from growcore.paths import dataset_dir, missing_dataset_message
 from growcore.runtime import DEVICES
+from growcore.stats import TargetNorm, collect, gradient_matrix
 from growcore.train import GrowthPlan, train
 from growcore.when import Every
-from growcore.widen import widen
+from growcore.where import FixedSites, GrowToWidths
 
 PRESETS = ("smoke", "cpu", "gpu")
 TS_METHODS = ("Baseline-Small", "Baseline-Big", "Random", "GradMaxOpt", "GradMax")

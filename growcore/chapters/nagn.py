@@ -15,21 +15,17 @@ import numpy as np
 import torch
 
 from growcore import results
+from growcore.how import KaimingNew
 from growcore.images import augment_cifar, cifar10
 from growcore.models.vgg import VGG
-from growcore.nagn import (
-    NAGN,
-    KaimingNew,
-    NAGNObserver,
-    ValidationWindow,
-    default_layers,
-    producer_layers,
-)
+from growcore.ops import widen
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
 from growcore.runtime import DEVICES
+from growcore.stats import NAGNObserver, default_layers, producer_layers
 from growcore.train import GrowthPlan, train
-from growcore.widen import widen
+from growcore.when import ValidationWindow
+from growcore.where import NAGN
 
 PRESETS = ("smoke", "cpu", "gpu")
 # Fig. 2b of the paper: the twelve configurations

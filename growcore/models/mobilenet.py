@@ -151,15 +151,32 @@ class MobileNetV2(ImageModel):
         self._finish(input_shape, channels_last)
 
     def width_sites(self) -> list[WidthSite]:
-        """The expansion of every block with t > 1 (through its depthwise conv to the
-        projection), the stem (through the first block's depthwise conv) and the last 1x1 conv.
+        """The stem (through the first block's depthwise conv to its projection) unless the
+        first block is residual, the expansion of every block with t > 1 (through its
+        depthwise conv to the projection) and the last 1x1 conv.
 
-        Excluded: block outputs (projections), which form the residual stream of a stage.
+        Excluded: block outputs (projections), which form the residual stream of a stage, and
+        so the stem when the first block adds its input to its output (width multipliers up to
+        about 0.27, e.g. 0.25, give stem and first stage 8 channels each): a wider stem would
+        break that sum.
         """
-        first = self.block_names()[0]
-        sites = [WidthSite("stem.0", "stem.1", f"{first}.project.0",
-                           depthwise=((f"{first}.dw.0", f"{first}.dw.1"),))]
+        sites = self._stem_sites()
         sites += [WidthSite(f"{b}.expand.0", f"{b}.expand.1", f"{b}.project.0",
                             depthwise=((f"{b}.dw.0", f"{b}.dw.1"),))
                   for b in self.block_names() if self.get_submodule(b).expand is not None]
         return [*sites, WidthSite("final.0", "final.1", "classifier")]
+
+    def _stem_sites(self) -> list[WidthSite]:
+        """The stem's width site, or none when the first block is residual.
+
+        Returns
+        -------
+        list of WidthSite
+            ``[]`` or the one site ``stem.0 -> first block's dw -> first block's project``
+            (the first stage has expansion 1, so the block has no ``expand`` conv).
+        """
+        first = self.block_names()[0]
+        if self.get_submodule(first).residual:
+            return []
+        return [WidthSite("stem.0", "stem.1", f"{first}.project.0",
+                          depthwise=((f"{first}.dw.0", f"{first}.dw.1"),))]

@@ -73,6 +73,11 @@ class VGG(Measured, nn.Module):
     mean, std : per-channel statistics for :class:`growcore.images.Standardize`.
     channels_last : bool
         Convert the model and its activations to the channels-last memory format.
+
+    Notes
+    -----
+    :attr:`config` and :attr:`hidden` are read from the modules, so they follow width and
+    depth growth; :meth:`spec` gives the arguments that rebuild a grown network.
     """
 
     def __init__(self, config: Sequence[Sequence[int]], num_classes: int = 10,
@@ -86,12 +91,11 @@ class VGG(Measured, nn.Module):
                              f"'stride', got {head!r}, {downsample!r}")
         if not config or any(not stage for stage in config):
             raise ValueError(f"config needs at least one stage, each with a conv: {config}")
-        self.config = [list(stage) for stage in config]
         self.head, self.downsample, self.input_shape = head, downsample, tuple(input_shape)
         self.standardize = Standardize(mean, std, channels_last)
         self.stages = nn.ModuleList()
         channels, size = input_shape[0], input_shape[1:]
-        for s, widths in enumerate(self.config):
+        for s, widths in enumerate(config):
             blocks = []
             for i, width in enumerate(widths):
                 stride = 2 if downsample == "stride" and s > 0 and i == 0 else 1
@@ -120,6 +124,55 @@ class VGG(Measured, nn.Module):
             x = self.pool(stage(x))
         x = x.mean((2, 3)) if self.head == "pool" else x.flatten(1)
         return self.classifier(x)
+
+    @property
+    def config(self) -> list[list[int]]:
+        """Conv widths per stage, read from the current modules (so it follows growth).
+
+        Returns
+        -------
+        list of list of int
+            ``out_channels`` of every :class:`ConvBlock` conv, stage by stage.
+        """
+        return [[block.conv.out_channels for block in stage] for stage in self.stages]
+
+    @property
+    def hidden(self) -> list[int]:
+        """Widths of the hidden linear layers (every classifier ``Linear`` but the last).
+
+        Returns
+        -------
+        list of int
+            ``out_features`` of the hidden ``nn.Linear`` layers, in forward order.
+        """
+        return [m.out_features for m in self._linears()[:-1]]
+
+    def spec(self) -> dict:
+        """JSON-able constructor arguments that rebuild the current (possibly grown) network.
+
+        The activation factory cannot be serialised: ``"activation"`` holds only its class
+        name (a ``functools.partial``'s arguments are lost), and a rebuild takes the factory
+        from the caller. The rebuilt model has parameters of the same shapes, so it can load
+        this model's ``state_dict``::
+
+            args = {k: v for k, v in model.spec().items() if k != "activation"}
+            twin = VGG(**args, activation=activation)
+
+        Returns
+        -------
+        dict
+            ``config``, ``num_classes``, ``batch_norm``, ``head``, ``hidden``,
+            ``downsample`` and ``input_shape`` (lists and plain scalars), and ``activation``.
+        """
+        first = self.stages[0][0]
+        return {"config": self.config, "num_classes": self._linears()[-1].out_features,
+                "batch_norm": first.bn is not None, "head": self.head, "hidden": self.hidden,
+                "downsample": self.downsample, "input_shape": list(self.input_shape),
+                "activation": type(first.act).__name__}
+
+    def _linears(self) -> list[nn.Linear]:
+        """The classifier's ``nn.Linear`` layers in forward order (the last one is the output)."""
+        return [m for m in self.classifier if isinstance(m, nn.Linear)]
 
     def conv_names(self) -> list[tuple[str, str | None]]:
         """``(conv, norm)`` module names of every conv block, in forward order."""

@@ -1,52 +1,26 @@
-"""The change itself: function-preserving growth operators.
+"""The change itself for depth growth: insert layers or blocks, function preserved.
 
-Every operator returns a :class:`Growth`: the grown model plus the map from old to new
-parameters. The same map carries the optimiser state across the change
-(:func:`growcore.optim.rebuild_optimizer`): old entries keep their state, new ones start at
-zero.
+* :func:`insert_layers`: layers into a seed-batched FNN or ResNet after hidden layers ``k``
+  (SensLI section 2.3), each seed at its own positions;
+* :func:`add_blocks`: blocks appended to the stages of a staged network (FRAGrow).
+
+Both return a :class:`growcore.ops.base.Growth`; new parameters start with zero optimiser
+state.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from growcore.activations import RELUS
 from growcore.models.seed_batched import Layer, SeedBatchedNet, stack_seeds
-
-
-class Growth:
-    """Result of a growth operator.
-
-    Attributes
-    ----------
-    model : torch.nn.Module
-        The grown model (a new object; the old one is left unchanged).
-    """
-
-    model: torch.nn.Module
-
-    def transport(self, old: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Map tensors shaped like the old parameters (by name) to the new parameters.
-
-        Entries that are new after the change are zero. Applied to the optimiser's
-        momentum or moment buffers this implements "old entries unchanged, new ones zero".
-        """
-        raise NotImplementedError
-
-    def status(self, name: str) -> str:
-        """Whether parameter ``name`` existed before the change.
-
-        ``"old"``: unchanged in shape; ``"new"``: created by the change; ``"extended"``: an
-        old tensor with new entries (a widened layer; its optimiser step count is kept);
-        ``"mixed"``: old for some seeds of a seed-batched model and new for others.
-        """
-        raise NotImplementedError
-
-    def source_of(self, name: str) -> str | None:
-        """The old parameter whose scalar optimiser state (e.g. Adam's step) ``name`` keeps."""
-        raise NotImplementedError
+from growcore.models.staged import STAGES, stages
+from growcore.ops.base import Growth
 
 
 @dataclass
@@ -77,6 +51,29 @@ class LayerInsertion(Growth):
 
     def source_of(self, name: str) -> str | None:
         return next((s for s in self.sources[name] if s is not None), None)
+
+
+def identity_layer(model: SeedBatchedNet, k: int, resnet_W1_scale: float = 0.8) -> Layer:
+    """The tensors of an identity layer inserted after hidden layer ``k`` (one seed).
+
+    * FNN, SensLI eq. (2.6): ``W = I``, ``b = 0`` -- the identity after a ReLU layer, because
+      ``ReLU(x) = x`` for ``x >= 0`` (the Net2Net construction).
+    * ResNet, eq. (2.4): ``W2 = 0`` makes the block the identity for any ``W1, b``; the paper
+      uses ``W1 = 0.8 I`` and ``b = 0`` (section 3) so that ``sigma(W1 x)`` is not
+      systematically zero and the gradient (2.5c) with respect to ``W2`` is informative.
+    """
+    h = model.width_at(k)
+    like = next(model.parameters())
+    eye = torch.eye(h, dtype=like.dtype, device=like.device)
+    zeros = torch.zeros(h, dtype=like.dtype, device=like.device)
+    if model.kind == "fnn":
+        if model.activation not in RELUS:
+            raise ValueError("the identity FNN layer (SensLI eq. 2.6) needs a ReLU activation "
+                             f"{RELUS}; the model uses {model.activation!r}")
+        return {"W": eye, "b": zeros}
+    if model.kind == "resnet":
+        return {"W1": resnet_W1_scale * eye, "b": zeros, "W2": torch.zeros_like(eye)}
+    raise ValueError(f"identity layers exist for models 'fnn' and 'resnet', got {model.kind!r}")
 
 
 def insert_layers(model: SeedBatchedNet, positions: Sequence[int] | Sequence[Sequence[int]],
@@ -150,3 +147,45 @@ def _name_sources(grown: SeedBatchedNet, group: str, origins: list[list[int | No
         sources[name] = [None if o[index] is None else f"{group}.{o[index]}.{tensor}"
                          for o in origins]
     return sources
+
+
+class BlockGrowth(Growth):
+    """Growth by appended blocks: old parameters keep their names, ``new`` names are new."""
+
+    def __init__(self, model: nn.Module, new: set[str], prefix: str = ""):
+        self.model, self.new, self.prefix = model, set(new), prefix
+
+    def transport(self, old: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, param in self.model.named_parameters():
+            out[name] = torch.zeros_like(param) if name in self.new else old[name]
+        return out
+
+    def status(self, name: str) -> str:
+        return "new" if name in self.new else "old"
+
+    def source_of(self, name: str) -> str | None:
+        return None if name in self.new else name
+
+
+def add_blocks(model: nn.Module, sites: Sequence[int], how: Callable,
+               split=None) -> BlockGrowth:
+    """Append one block to stage ``s`` for every ``s`` in ``sites`` (a stage may repeat).
+
+    Parameters
+    ----------
+    model : staged network (unchanged by the call; the grown one is a copy)
+    sites : list of int
+        Stage indices, from a where-rule such as :class:`StageOrder`.
+    how : BlockInit
+    split : ignored (the spine's operator signature)
+    """
+    grown = copy.deepcopy(model)
+    new: set[str] = set()
+    for s in sites:
+        stage = stages(grown)[s]
+        name = f"{STAGES}.{s}.{len(stage) - 1}"
+        block = how(stage[-1], name)
+        stage.append(block)
+        new |= {f"{STAGES}.{s}.{len(stage) - 1}.{n}" for n, _ in block.named_parameters()}
+    return BlockGrowth(grown, new)

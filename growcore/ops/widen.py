@@ -1,4 +1,4 @@
-"""The change itself for width growth: k new units or channels at a site, function preserved.
+r"""The change itself for width growth: k new units or channels at a site, function preserved.
 
 A *width site* (``WidthSite(producer, norm, consumer, spatial)``, see
 :mod:`growcore.models.sites`) names, by module path, the layer whose outputs grow (the
@@ -7,7 +7,7 @@ that reads them (the *consumer*, layer l+1, ``W_{l+1}``). ``spatial`` is H*W whe
 is a Linear layer after a flatten of a Conv2d output, else 1. New units are appended (GradMax
 eqs. (2)-(3)):
 
-.. math:: W_l^+ = [W_l; W_l^{new}], \\qquad W_{l+1}^+ = [W_{l+1}, W_{l+1}^{new}].
+.. math:: W_l^+ = [W_l; W_l^{new}], \qquad W_{l+1}^+ = [W_{l+1}, W_{l+1}^{new}].
 
 The output is unchanged when ``W_l^{new} = 0`` with ``f(0) = 0`` (GradMax) or when
 ``W_{l+1}^{new} = 0`` (the "inverse" of paper Table 2). Depthwise convolutions between producer
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from growcore.ops import Growth
+from growcore.ops.base import Growth
 
 
 @dataclass

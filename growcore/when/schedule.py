@@ -1,24 +1,11 @@
-"""WHEN: policies that look at the training history and answer "grow now?".
-
-A policy is called once per iteration, before that iteration's update, as
-``policy(iteration, history) -> bool``. SensLI inserts at a fixed iteration (section 3);
-the later chapters add periodic, convergent, FRAGrow and NAGN-window policies here.
+"""WHEN by the clock: fixed iterations (SensLI), every n iterations (GradMax), periodic epochs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-
-class WhenPolicy:
-    """Base class of the when-policies."""
-
-    def __call__(self, iteration: int, history) -> bool:
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        """A JSON-able description for result records."""
-        return {"policy": type(self).__name__}
+from growcore.when.base import _EPOCH_TOLERANCE, EpochPolicy, WhenPolicy, blocks_added
 
 
 class AtIterations(WhenPolicy):
@@ -64,3 +51,23 @@ class Every(WhenPolicy):
     def describe(self) -> dict:
         return {"policy": "Every", "interval": self.interval, "start": self.start,
                 "count": self.count}
+
+
+class Periodic(EpochPolicy):
+    """Grow block ``k`` at epoch ``k * interval`` (the slides' periodic baseline, with
+    ``interval = I_max`` by default: the target is complete at ``E_T - E_F_min``). A shorter
+    interval is Table 1's fast growth."""
+
+    def __init__(self, iterations_per_epoch: int, n_blocks: int, total_epochs: float,
+                 finetune_min: float, interval: float | None = None):
+        super().__init__(iterations_per_epoch, n_blocks, total_epochs, finetune_min)
+        self.interval = self.i_max if interval is None else interval
+        if not 0 < self.interval <= self.i_max:
+            raise ValueError(f"interval must lie in (0, I_max = {self.i_max}], got {interval}")
+
+    def ready(self, iteration: int, history) -> bool:
+        due = (blocks_added(history) + 1) * self.interval * self.iterations_per_epoch
+        return iteration >= due - _EPOCH_TOLERANCE
+
+    def describe(self) -> dict:
+        return {**super().describe(), "interval": self.interval}

@@ -1,56 +1,28 @@
-"""WHERE: criteria that score the growth sites of a model.
+"""WHERE to insert a layer, by SensLI (Herberg et al. 2023, section 2.4).
 
-SensLI (section 2.4) scores every possible insertion position by the Lagrange multiplier of
-the constraint that keeps a *virtual* identity layer at its initial value. Since
-``lambda = -grad_{theta_new} f_ext`` (eq. 2.12b), one forward-backward pass through the
-fully extended network (identity layers at all positions) gives every multiplier at once.
+Every possible insertion position is scored by the Lagrange multiplier of the constraint
+that keeps a virtual identity layer at its initial value, from one forward-backward pass of
+the fully extended network (:func:`growcore.stats.virtual.extended_gradients`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from growcore.data import Split
-from growcore.how import IdentityLayer
-from growcore.losses import per_seed_cross_entropy
 from growcore.models.seed_batched import SeedBatchedNet
-from growcore.ops import LayerInsertion, insert_layers
+from growcore.stats.virtual import extended_gradients
 
 NORMALISATIONS = ("paper", "code")
+
+
 SELECTIONS = ("max", "min")
 
 
-def extended_gradients(model: SeedBatchedNet, split: Split, how=IdentityLayer(),
-                       batch_size: int | None = None,
-                       generator: torch.Generator | None = None) -> tuple[LayerInsertion, dict]:
-    """Gradients of the training loss of the fully extended network, without any update.
-
-    ``batch_size=None`` is one full-batch pass; otherwise one epoch of mini-batches is
-    accumulated (the mini-batch variant of section 2.4: "an epoch of SGD steps with zero
-    learning rate"), weighted so that the result equals the full-batch gradient.
-
-    Returns
-    -------
-    extended : LayerInsertion
-        The extended network (``extended.model``) with ``.grad`` filled in.
-    grads : dict
-        Parameter name -> gradient, for all parameters of the extended network.
-    """
-    positions = model.insertion_positions()
-    extended = insert_layers(model, [positions] * model.n_seeds, how)
-    n = len(split.y_train)
-    extended.model.zero_grad(set_to_none=True)
-    for X, y in split.minibatches(batch_size, generator):
-        loss = per_seed_cross_entropy(extended.model(X), y).sum() * (len(y) / n)
-        loss.backward()
-    grads = {name: p.grad.detach().clone() for name, p in extended.model.named_parameters()}
-    return extended, grads
-
-
 def sensli_merits(model: SeedBatchedNet, split: Split, normalisation: str = "paper",
-                  how=IdentityLayer(), batch_size: int | None = None,
+                  resnet_W1_scale: float = 0.8, batch_size: int | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """SensLI merit of every insertion position, for every seed.
 
@@ -66,7 +38,7 @@ def sensli_merits(model: SeedBatchedNet, split: Split, normalisation: str = "pap
     if normalisation not in NORMALISATIONS:
         raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     positions = model.insertion_positions()
-    extended, grads = extended_gradients(model, split, how, batch_size, generator)
+    extended, grads = extended_gradients(model, split, resnet_W1_scale, batch_size, generator)
     group, weight = model.insertion_group, model.merit_weight
     merits = torch.empty(model.n_seeds, len(positions), dtype=grads[next(iter(grads))].dtype)
     for p, k in enumerate(positions):
@@ -88,7 +60,7 @@ class SensLI:
     select: str = "max"
     normalisation: str = "paper"
     batch_size: int | None = None
-    how: IdentityLayer = field(default_factory=IdentityLayer)
+    resnet_W1_scale: float = 0.8
 
     def __post_init__(self):
         if self.select not in SELECTIONS:
@@ -99,7 +71,8 @@ class SensLI:
 
     def __call__(self, model: SeedBatchedNet, split: Split) -> tuple[list[int], dict]:
         positions = model.insertion_positions()
-        merits = sensli_merits(model, split, self.normalisation, self.how, self.batch_size)
+        merits = sensli_merits(model, split, self.normalisation, self.resnet_W1_scale,
+                               self.batch_size)
         pick = merits.argmax(dim=1) if self.select == "max" else merits.argmin(dim=1)
         chosen = [positions[int(i)] for i in pick]
         extended_flops = _extended_flops(model, positions)
@@ -109,7 +82,7 @@ class SensLI:
 
     def describe(self) -> dict:
         return {"criterion": "SensLI", "select": self.select, "normalisation": self.normalisation,
-                "batch_size": self.batch_size, "resnet_W1_scale": self.how.resnet_W1_scale}
+                "batch_size": self.batch_size, "resnet_W1_scale": self.resnet_W1_scale}
 
 
 def _extended_flops(model: SeedBatchedNet, positions: list[int]) -> int:

@@ -8,10 +8,11 @@ entry and starts every new one at zero, the rule the GradMax code follows.
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 
-from growcore.ops import Growth
+from growcore.ops.base import Growth
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -79,3 +80,33 @@ def rebuild_optimizer(old: torch.optim.Optimizer, old_model: torch.nn.Module, gr
 def _scalar_keys(old_state: dict) -> set[str]:
     return {k for state in old_state.values() for k, v in state.items()
             if not (torch.is_tensor(v) and v.dim() > 0)}
+
+
+class GrowThenCosine:
+    """Learning-rate multiplier of the slides: constant while the network grows, then cosine
+    decay to zero over the remaining iterations (at least ``E_F_min`` epochs with the
+    policies above). With ``n_blocks = 0`` (a fixed network) it is plain cosine decay.
+
+    Use as ``train(..., lr_schedule=GrowThenCosine(iterations, n_blocks))``.
+    """
+
+    def __init__(self, total_iterations: int, n_blocks: int):
+        self.total_iterations, self.n_blocks = total_iterations, n_blocks
+
+    def start(self, history) -> int | None:
+        """Iteration at which the target was complete (None while still growing)."""
+        if self.n_blocks == 0:
+            return 0
+        added = 0
+        for event in history.events:
+            added += event.get("blocks_added", 1)
+            if added >= self.n_blocks:
+                return event["iteration"]
+        return None
+
+    def __call__(self, iteration: int, history) -> float:
+        start = self.start(history)
+        if start is None:
+            return 1.0
+        progress = (iteration - start) / max(1, self.total_iterations - start)
+        return 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,301 @@
+"""HOW for width growth: initialisers of new units, for :func:`growcore.ops.widen.widen`.
+
+Protocol ``how(model, site, k, split) -> NewUnits`` (layouts in :mod:`growcore.ops.widen`).
+
+* GradMax (Evci et al. 2022, eq. (11)): incoming weights zero, outgoing weights the top-k left
+  singular vectors of the gradient matrix (:mod:`growcore.stats.gradmax`); GradMaxOpt, its
+  projected-gradient version; Random (Berner et al. 2019) and Zero, the paper's baselines;
+  FireflyOpt (a simpler Firefly of Wu et al. 2020).
+* KaimingNew: the NAGN initialiser of eq. (1) (Wang, Mille, Hidane).
+
+PyTorch's ReLU has derivative 0 at 0, which kills the gradient of zero incoming weights: the
+models grown with GradMax use ``relu1`` (:mod:`growcore.activations`, ``f'(0) = 1``), as the
+paper's code does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from growcore.activations import ACTIVATIONS
+from growcore.data import Split
+from growcore.losses import LOSSES, as_seed_batch
+from growcore.ops.widen import NewUnits, unit_sizes, widen
+from growcore.stats.gradmax import (
+    GradientMatrices,
+    TargetNorm,
+    _unit_columns,
+    collect,
+    gradient_matrix,
+    incoming_norms,
+    outgoing_norms,
+    unit_inputs,
+)
+
+
+@dataclass
+class GradMax:
+    """GradMax (eq. (11), Appendix B): incoming weights zero, outgoing weights the top-k left
+    singular vectors of the gradient matrix, each scaled to the target norm.
+
+    Then unit ``j``'s incoming gradient has norm ``c sigma_j`` and the total is
+    ``c (sigma_1^2 + ... + sigma_k^2)^(1/2)``, the maximum of eq. (11) over orthogonal units of
+    norm c (Ky Fan's theorem; without orthogonality every unit would copy the top direction).
+    ``G`` has at most ``min(o R, D)`` singular directions (e.g. 10 for a layer feeding a
+    10-class classifier): units beyond that get random outgoing directions, as in Random.
+
+    Parameters
+    ----------
+    loss : str
+        ``"mse"`` or ``"cross_entropy"``: the training loss L.
+    batch_size : int, optional
+        None: the statistic over the whole training set; an int: over one random minibatch.
+    norm : TargetNorm
+        Norm of each new unit's outgoing weights (relative to the existing units' outgoing
+        norms, or fixed).
+    conv_matrix : str
+        ``"exact"`` (:func:`gradient_matrix`) or ``"auxiliary"`` (the paper's auxiliary
+        kernel, :func:`auxiliary_kernel_matrix`) for Conv2d -> Conv2d sites; where the
+        auxiliary kernel does not apply (pooling between the two convolutions, strides),
+        ``"auxiliary"`` uses the exact matrix.
+    seed : int
+        Seed of the minibatch draws.
+    """
+
+    loss: str = "cross_entropy"
+    batch_size: int | None = None
+    norm: TargetNorm = field(default_factory=TargetNorm)
+    conv_matrix: str = "exact"
+    seed: int = 0
+    singular_values: dict = field(default_factory=dict, repr=False)  # site -> last sigma
+
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.matrices = GradientMatrices(self.loss, self.batch_size, self.conv_matrix,
+                                         self.generator)
+
+    def matrix(self, model: nn.Module, site, split: Split) -> torch.Tensor:
+        """The gradient matrix of ``site`` (:class:`growcore.stats.gradmax.GradientMatrices`)."""
+        return self.matrices(model, site, split)
+
+    def __call__(self, model: nn.Module, site, k: int, split: Split) -> NewUnits:
+        D, o, R = unit_sizes(model, site)
+        G = self.matrix(model, site, split)
+        U, S, _ = torch.linalg.svd(G, full_matrices=False)
+        self.singular_values[site] = S.detach().cpu()
+        c = self.norm(outgoing_norms(model, site))
+        if k > len(S):  # G has at most min(o R, D) singular directions: the rest are random
+            extra = torch.randn(len(U), k - len(S), generator=self.generator, dtype=U.dtype)
+            U = torch.cat([U, extra.to(U.device)], dim=1)
+        return NewUnits(G.new_zeros(k, D), _unit_columns(U[:, :k], o, R, c))
+
+    def describe(self) -> dict:
+        return {"how": "GradMax", "loss": self.loss, "batch_size": self.batch_size,
+                "scale": self.norm.scale, "value": self.norm.value,
+                "conv_matrix": self.conv_matrix}
+
+
+@dataclass
+class GradMaxOpt:
+    """GradMaxOpt (section 3, section 4.1): eq. (11) by projected gradient ascent.
+
+    From a random start, Adam steps on ``-||G^T W_{l+1}^new||_F^2``, each unit's outgoing weights
+    rescaled to the target norm after every step (the paper's procedure). Without the
+    orthogonality the SVD solution has, all k units drift towards the top singular vector.
+
+    ``inverse=True`` is the variant of paper Table 2: outgoing weights zero, incoming weights
+    optimised to maximise the gradient of the outgoing weights,
+    ``||E[dL/dz_{l+1} f(W_l^new h_{l-1})^T]||_F`` (eq. (8)), a non-linear objective with no SVD
+    solution; the incoming target norm is relative to the existing incoming norms.
+    """
+
+    loss: str = "cross_entropy"
+    batch_size: int | None = None
+    norm: TargetNorm = field(default_factory=TargetNorm)
+    steps: int = 100
+    lr: float = 0.01
+    inverse: bool = False
+    activation: str = "relu"
+    seed: int = 0
+
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, model: nn.Module, site, k: int, split: Split) -> NewUnits:
+        D, o, R = unit_sizes(model, site)
+        data = collect(model, [site], split, self.loss, self.batch_size, self.generator)[site]
+        if self.inverse:
+            return self._inverse(model, site, k, data, D, o, R)
+        G = gradient_matrix(model, site, data)
+        c = self.norm(outgoing_norms(model, site))
+        W = self._ascend(lambda W: (G.T @ W).pow(2).sum(), (o * R, k), c, G)
+        return NewUnits(G.new_zeros(k, D), _unit_columns(W, o, R, c))
+
+    def _inverse(self, model, site, k, data, D, o, R) -> NewUnits:
+        f = ACTIVATIONS[self.activation]
+        inputs = [(b, unit_inputs(model, site, b)) for b in data]
+        like = data[0].dz
+
+        def objective(W_in):  # W_in [D, k]: gradient of the new outgoing weights, eq. (8)
+            grad = 0
+            for batch, Q in inputs:
+                N, _, L = Q.shape
+                h_new = f(torch.einsum("ndrl,dk->nkrl", Q.view(N, D, R, L), W_in))
+                grad = grad + batch.weight * torch.einsum("nol,nkrl->okr", batch.dz, h_new)
+            return grad.pow(2).sum()
+
+        c = self.norm(incoming_norms(model, site))
+        W_in = self._ascend(objective, (D, k), c, like)
+        W_in = W_in / W_in.norm(dim=0, keepdim=True).clamp_min(1e-30) * c
+        return NewUnits(W_in.T.contiguous(), like.new_zeros(o, k, R))
+
+    def _ascend(self, objective, shape, c: float, like: torch.Tensor) -> torch.Tensor:
+        W = torch.randn(shape, generator=self.generator, dtype=like.dtype).to(like.device)
+        W = (c * W / W.norm(dim=0, keepdim=True)).requires_grad_(True)
+        opt = torch.optim.Adam([W], lr=self.lr * max(c, 1e-12))
+        for _ in range(self.steps):
+            opt.zero_grad()
+            (-objective(W)).backward()
+            opt.step()
+            with torch.no_grad():
+                W.mul_(c / W.norm(dim=0, keepdim=True).clamp_min(1e-30))
+        return W.detach()
+
+    def describe(self) -> dict:
+        return {"how": "GradMaxOpt", "loss": self.loss, "batch_size": self.batch_size,
+                "scale": self.norm.scale, "value": self.norm.value, "steps": self.steps,
+                "lr": self.lr, "inverse": self.inverse}
+
+
+@dataclass
+class Random:
+    """Random growth (Berner et al. 2019, the paper's baseline): incoming weights zero and
+    outgoing weights Gaussian, each unit scaled to the same target norm as GradMax; with
+    ``inverse=True`` outgoing zero and incoming random (paper Table 2)."""
+
+    norm: TargetNorm = field(default_factory=TargetNorm)
+    inverse: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, model: nn.Module, site, k: int, split: Split | None = None) -> NewUnits:
+        D, o, R = unit_sizes(model, site)
+        like = model.get_submodule(site.producer).weight
+        if self.inverse:
+            W = torch.randn(D, k, generator=self.generator, dtype=like.dtype).to(like.device)
+            c = self.norm(incoming_norms(model, site))
+            W = c * W / W.norm(dim=0, keepdim=True)
+            return NewUnits(W.T.contiguous(), like.new_zeros(o, k, R).detach())
+        W = torch.randn(o * R, k, generator=self.generator, dtype=like.dtype).to(like.device)
+        c = self.norm(outgoing_norms(model, site))
+        return NewUnits(like.new_zeros(k, D).detach(), _unit_columns(W, o, R, c))
+
+    def describe(self) -> dict:
+        return {"how": "Random", "scale": self.norm.scale, "value": self.norm.value,
+                "inverse": self.inverse}
+
+
+@dataclass
+class Zero:
+    """Both sides zero: the new units never receive a gradient (with a zero bias)."""
+
+    def __call__(self, model: nn.Module, site, k: int, split: Split | None = None) -> NewUnits:
+        D, o, R = unit_sizes(model, site)
+        like = model.get_submodule(site.producer).weight.detach()
+        return NewUnits(like.new_zeros(k, D), like.new_zeros(o, k, R))
+
+    def describe(self) -> dict:
+        return {"how": "Zero"}
+
+
+@dataclass
+class FireflyOpt:
+    """Firefly-Opt (paper section 4.2, a simpler Firefly of Wu et al. 2020): new units trained
+    for a few steps to lower the training loss directly.
+
+    Start: random incoming weights at the incoming target norm and random outgoing weights of
+    norm ``epsilon`` per unit (paper: 1e-4; Firefly needs non-zero outgoing weights to see the
+    loss). Then ``steps`` Adam steps on minibatches, on the new weights only, each side
+    projected back to its norm after every step. The output changes by O(epsilon).
+    """
+
+    loss: str = "cross_entropy"
+    batch_size: int | None = 128
+    norm: TargetNorm = field(default_factory=TargetNorm)
+    epsilon: float = 1e-4
+    steps: int = 10
+    lr: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, model: nn.Module, site, k: int, split: Split) -> NewUnits:
+        seed = int(torch.randint(2**31, (1,), generator=self.generator))
+        start = Random(self.norm, inverse=True, seed=seed)(model, site, k, split)
+        direction = Random(TargetNorm(value=self.epsilon), seed=seed + 1)(model, site, k)
+        W_in = start.incoming.clone().requires_grad_(True)
+        W_out = direction.outgoing.clone().requires_grad_(True)
+        grown = widen(model, [(site, k)], lambda *args: NewUnits(W_in.detach(),
+                                                                  W_out.detach())).model
+        old_in = model.get_submodule(site.producer).weight.detach()
+        old_out = model.get_submodule(site.consumer).weight.detach()
+        c_in = float(start.incoming.norm(dim=1).mean())
+        opt = torch.optim.Adam([W_in, W_out], lr=self.lr)
+        for _ in range(self.steps):
+            X, y = next(split.minibatches(self.batch_size, self.generator))
+            params = {f"{site.producer}.weight":
+                      torch.cat([old_in, W_in.view(k, *old_in.shape[1:])]),
+                      f"{site.consumer}.weight":
+                      torch.cat([old_out, W_out.reshape(len(old_out), -1, *old_out.shape[2:])
+                                 if old_out.dim() > 2 else W_out.reshape(len(old_out), -1)],
+                                dim=1)}
+            out = torch.func.functional_call(grown, params, (X,))
+            opt.zero_grad()
+            LOSSES[self.loss](as_seed_batch(out), y).sum().backward()
+            opt.step()
+            with torch.no_grad():
+                W_in.mul_(c_in / W_in.norm(dim=1, keepdim=True).clamp_min(1e-30))
+                W_out.mul_(self.epsilon / W_out.norm(dim=(0, 2), keepdim=True).clamp_min(1e-30))
+        return NewUnits(W_in.detach(), W_out.detach())
+
+    def describe(self) -> dict:
+        return {"how": "FireflyOpt", "loss": self.loss, "batch_size": self.batch_size,
+                "scale": self.norm.scale, "epsilon": self.epsilon, "steps": self.steps,
+                "lr": self.lr}
+
+
+# ---------------------------------------------------------------- how: eq. (1)
+class KaimingNew:
+    """The NAGN initialiser of new units (eq. 1), a ``how`` for :func:`growcore.widen.widen`.
+
+    The incoming weights of the new units (``W^new2``) are drawn from a zero-centred normal
+    with variance ``2 / n_l`` for a dense layer and ``2 / (n_l k_l^2)`` for a convolution,
+    i.e. ``2 / D`` with ``D`` the fan-in of one unit (Kaiming); their biases are zero, and
+    their outgoing weights (``W^new1``) are zero, so the output is unchanged while the
+    gradient of the outgoing weights is not zero. ``W^new3`` (new units to new units, when
+    consecutive layers grow together) is zero: ``widen`` pads the new consumer rows with
+    zeros. BatchNorm channels get scale 1 and shift 0 from ``widen``.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the generator of the new weights (drawn on the CPU, so portable).
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, model: nn.Module, site, k: int, split=None) -> NewUnits:
+        D, o, R = unit_sizes(model, site)
+        like = model.get_submodule(site.producer).weight
+        incoming = torch.randn(k, D, generator=self.generator, dtype=torch.float64)
+        incoming = (incoming * math.sqrt(2 / D)).to(like)
+        return NewUnits(incoming, like.new_zeros(o, k, R))

@@ -1,0 +1,27 @@
+"""WHERE to grow: criteria that score a model's growth sites and propose where to grow.
+
+Families: :mod:`~growcore.where.sensli` (virtual identity layers, KKT merits),
+:mod:`~growcore.where.nagn` (activation-gradient contrast, widths to add),
+:mod:`~growcore.where.gradmax` (largest singular value), :mod:`~growcore.where.fixed`
+(fixed sites, widths grown to a target, stage orders).
+"""
+
+from growcore.where.fixed import ORDERS, PER_GROWTH, FixedSites, GrowToWidths, StageOrder
+from growcore.where.gradmax import LargestSingularValue
+from growcore.where.nagn import (
+    FALLBACK_FRACTION,
+    NAGN,
+    increments,
+    monotone_by_kind,
+    neighbour_average,
+    non_decreasing,
+    relative_contrast,
+)
+from growcore.where.sensli import NORMALISATIONS, SELECTIONS, SensLI, sensli_merits
+
+__all__ = [
+    "FALLBACK_FRACTION", "NAGN", "NORMALISATIONS", "ORDERS", "PER_GROWTH", "SELECTIONS",
+    "FixedSites", "GrowToWidths", "LargestSingularValue", "SensLI", "StageOrder", "increments",
+    "monotone_by_kind", "neighbour_average", "non_decreasing", "relative_contrast",
+    "sensli_merits",
+]
