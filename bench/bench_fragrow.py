@@ -23,7 +23,8 @@ import torch
 from growcore.chapters import fragrow
 from growcore.how import BlockInit
 from growcore.images import CIFAR10_CLASSES, DataNotFoundError, ImageSplit
-from growcore.ops import add_blocks, make_optimizer, rebuild_optimizer
+from growcore.models.sites import depth_sites
+from growcore.ops import insert_modules, make_optimizer, rebuild_optimizer
 from growcore.runner import notebook_parameters
 from growcore.where import StageOrder
 
@@ -85,7 +86,8 @@ def growth_step_cost() -> None:
     opt.step()
     where = StageOrder([1, 1, 1], [3, 3, 3])
     start = time.perf_counter()
-    growth = add_blocks(model, where.sites([1, 1, 1]), BlockInit())
+    proposals, _ = where(model, depth_sites(model))
+    growth = insert_modules(model, proposals, BlockInit())
     rebuild_optimizer(opt, model, growth)
     grow_s = time.perf_counter() - start
     target = fragrow.build_model("resnet", [3, 3, 3], [16, 32, 64], 10)

@@ -19,10 +19,11 @@ import torch
 from growcore.activations import ReLUWithSlopeAtZero
 from growcore.data import Split
 from growcore.how import GradMax
+from growcore.models.sites import width_sites
 from growcore.models.vgg import vgg11
 from growcore.ops import widen
 from growcore.runtime import best_seconds, resolve_device
-from growcore.stats import TargetNorm, collect, gradient_matrix
+from growcore.stats import Probe, TargetNorm, collect, gradient_matrix
 from growcore.where import GrowToWidths
 
 BATCH = 128  # paper: batch 128 on CIFAR, also for the GradMax statistic
@@ -47,9 +48,9 @@ def main() -> None:
         opt.step()
 
     def growth(conv_matrix="exact"):
-        sites, _ = GrowToWidths(1 / WIDTH, GROWTHS)(model, split)
+        proposals, _ = GrowToWidths(1 / WIDTH, GROWTHS)(model, width_sites(model))
         how = GradMax(batch_size=BATCH, norm=TargetNorm(value=1e-4), conv_matrix=conv_matrix)
-        widen(model, sites, how, split)
+        widen(model, proposals, how, Probe(split))
 
     step()  # warm-up
     t_step, t_growth = best_seconds(step), best_seconds(growth)

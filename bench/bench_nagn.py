@@ -16,6 +16,7 @@ import torch
 
 from growcore.data import Split
 from growcore.how import KaimingNew
+from growcore.models.sites import width_sites
 from growcore.models.vgg import NAGN_EXAMPLE, VGG
 from growcore.ops import make_optimizer, rebuild_optimizer, widen
 from growcore.runtime import best_seconds
@@ -61,8 +62,8 @@ def main() -> None:
     where = NAGN(observer)
 
     def grow():
-        sites, _ = where(model, data)
-        growth = widen(model, sites, KaimingNew())
+        proposals, _ = where(model, width_sites(model))
+        growth = widen(model, proposals, KaimingNew())
         rebuild_optimizer(opt, model, growth)
 
     t_grow, t_step = best_seconds(grow, REPEATS) / REPEATS, best_seconds(step, REPEATS) / REPEATS

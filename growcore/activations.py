@@ -53,3 +53,14 @@ class ReLUWithSlopeAtZero(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"slope_at_zero={self.slope_at_zero}"
+
+
+# Modules whose output x satisfies f(x) = x, so that an identity layer followed by the same
+# activation reproduces it (SensLI eq. 2.6, the Net2Net identity): every ReLU form and ReLU6
+# (its output lies in [0, 6], where ReLU6 is the identity).
+IDEMPOTENT_MODULES = (torch.nn.ReLU, torch.nn.ReLU6, ReLUWithSlopeAtZero)
+
+
+def is_idempotent(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is an activation with ``f(f(x)) = f(x)`` (a ReLU form or ReLU6)."""
+    return isinstance(module, IDEMPOTENT_MODULES)

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from growcore.data import Split
 from growcore.ops import Growth
-from growcore.when import WhenPolicy
+from growcore.when import TrainState, WhenPolicy
 
 PREFIX = "module."  # DistributedDataParallel's prefix of the wrapped network's names
 
@@ -70,33 +70,27 @@ class Agreed(WhenPolicy):
     ``history.evals`` is replaced by its mean over the ranks (with equal shards: the error a
     single process would have measured; validation errors agree already, every rank evaluates
     the same model on the same data). Every rank calls the wrapped policy, so stateful policies
-    stay in step; rank 0's answer is broadcast and followed by all. Attach/detach are passed on,
-    so a policy that reads the model (LipGrow) keeps working as an observer.
+    stay in step; rank 0's answer is broadcast and followed by all.
     """
 
     def __init__(self, policy, device: str | torch.device = "cpu"):
         self.policy, self.device, self.reduced = policy, torch.device(device), -1
 
-    def __call__(self, iteration: int, history) -> bool:
-        latest = history.evals[-1] if history.evals else None
+    def __call__(self, state: TrainState) -> bool:
+        latest = state.history.evals[-1] if state.history.evals else None
         if latest is not None and latest["iteration"] > self.reduced:
             self.reduced = latest["iteration"]
             if "train_error" in latest:
                 error = latest["train_error"].clone()
                 dist.all_reduce(error)
                 latest["train_error"] = error / dist.get_world_size()
-        decision = torch.tensor([int(bool(self.policy(iteration, history)))],
+        decision = torch.tensor([int(bool(self.policy(state)))],
                                 device=self.device)
         dist.broadcast(decision, src=0)
         return bool(decision.item())
 
-    def attach(self, model) -> None:
-        if hasattr(self.policy, "attach"):
-            self.policy.attach(model)
-
-    def detach(self) -> None:
-        if hasattr(self.policy, "detach"):
-            self.policy.detach()
+    def observers(self) -> list:
+        return list(getattr(self.policy, "observers", list)())
 
     def describe(self) -> dict:
         return {**self.policy.describe(), "agreed": "rank 0 decides, broadcast"}
@@ -129,8 +123,8 @@ def wrap(model: torch.nn.Module, **ddp_options) -> DistributedDataParallel:
 
 def distributed_op(op: Callable, **ddp_options) -> Callable:
     """The growth operator ``op`` for a DDP-wrapped network (see the module docstring)."""
-    def grow(model: DistributedDataParallel, sites, how, split=None) -> WrappedGrowth:
-        inner = op(model.module, sites, how, split)
+    def grow(model: DistributedDataParallel, proposals, how, stats=None) -> WrappedGrowth:
+        inner = op(model.module, proposals, how, stats)
         return WrappedGrowth(wrap(inner.model, **ddp_options), inner)
 
     grow.__name__ = f"distributed_{getattr(op, '__name__', 'op')}"

@@ -15,7 +15,8 @@ from growcore import results
 from growcore.data import spiral
 from growcore.how import IdentityLayer
 from growcore.models import build
-from growcore.train import DivergentGrowth, GrowthPlan, train
+from growcore.plan import GrowthPlan
+from growcore.train import DivergentGrowth, train
 from growcore.when import AtIterations
 from growcore.where import SensLI
 
@@ -93,6 +94,7 @@ def run_spiral(name: str, config: dict, *, directory=None, preset: str = "cpu",
               "wall_time_s": time.perf_counter() - start, "batched_seeds": batched,
               "seed_groups": [seeds for seeds, _ in done], "regrouped": regrouped,
               "final_models": [h["final_model"] for _, h in done],
+              "plans": [h["plan"] for _, h in done],  # one per seed group: the same plan
               "metrics": _merge(done, config["seeds"])}
     if save:
         record["path"] = str(results.save_record(record, directory or results.results_dir()))

@@ -166,6 +166,21 @@ def execute(job: Job, out: Path, progress_bar: bool = True) -> float:
     return time.perf_counter() - start
 
 
+REGISTRY_PAGE = "registry.md"  # included by book/intro.md
+
+
+def write_registry_page(out: Path) -> Path:
+    """Write the registry's table (:func:`growcore.registry.markdown`) to ``out``, atomically."""
+    from growcore.registry import markdown  # imports torch: only when notebooks are run
+
+    fd, tmp = tempfile.mkstemp(prefix=".registry.", suffix=".md", dir=out)
+    with os.fdopen(fd, "w") as file:
+        file.write(markdown())
+    path = out / REGISTRY_PAGE
+    os.replace(tmp, path)
+    return path
+
+
 def run_notebooks(
     preset: str,
     names: list[str] | None = None,
@@ -192,6 +207,7 @@ def run_notebooks(
     jobs = plan(preset, names, Path(notebooks_dir), Path(presets_dir))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    write_registry_page(out)
     print(f"preset {preset}: {len(jobs)} notebook(s), kernel {KERNEL_NAME} -> {kernel_python()}")
     times = {}
     for job in jobs:

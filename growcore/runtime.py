@@ -43,3 +43,35 @@ def best_seconds(fn, repeats: int = 1, trials: int = 3) -> float:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def start_chapter(name: str, namespace: dict) -> tuple[dict, str, object]:
+    """The one setup call of every chapter notebook, right after its parameters cell.
+
+    Validates the notebook's parameters (``growcore.chapters.<name>.validate``: a bad value
+    stops here, before any compute), chooses the device, sets threads and the global seed,
+    and prints the resolved configuration, where the records go and the code version.
+
+    Returns
+    -------
+    params : dict
+        The validated parameters.
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    out_dir : pathlib.Path
+        ``$GROWCORE_RESULTS/<name>/<preset>``.
+    """
+    import importlib
+
+    from growcore import results
+    from growcore.params import describe
+    from growcore.paths import results_dir
+
+    params = importlib.import_module(f"growcore.chapters.{name}").validate(namespace)
+    device = resolve_device(params["device"])
+    setup(params["threads"])
+    out_dir = results_dir() / name / params["preset"]
+    print(describe({**params, "device": device}))
+    print(f"results  -> {out_dir}")
+    print(f"code     =  {results.code_version()}, torch {torch.__version__}")
+    return params, device, out_dir

@@ -17,7 +17,7 @@ from growcore.data import Split
 from growcore.how import IdentityLayer
 from growcore.losses import per_seed_cross_entropy
 from growcore.models.seed_batched import SeedBatchedNet
-from growcore.ops import insert_layers
+from growcore.ops import at_positions, insert_layers
 
 FD_STEP = 1e-6  # central finite-difference step (float64)
 
@@ -81,7 +81,7 @@ def extended_problem(model: SeedBatchedNet, split: Split, positions: list[int],
     """The extended problem of a one-seed ``model`` with identity layers at ``positions``."""
     if model.n_seeds != 1:
         raise ValueError("extended_problem works on a model with one seed")
-    growth = insert_layers(model, [positions], how)
+    growth = insert_layers(model, at_positions(model, [positions]), how)
     params = dict(growth.model.named_parameters())
     names = list(params)
     theta = torch.cat([params[n].detach().reshape(-1) for n in names]).double()

@@ -20,34 +20,10 @@ from tqdm import tqdm  # not tqdm.auto: no widgets (they need remote scripts in 
 from growcore.data import Split
 from growcore.losses import LOSSES, as_seed_batch, per_seed_error
 from growcore.models.seed_batched import SeedShapeMismatch
-from growcore.ops import insert_layers, make_optimizer, rebuild_optimizer
-
-
-@dataclass
-class GrowthPlan:
-    """When x where x how of a growth step.
-
-    Parameters
-    ----------
-    when : callable ``(iteration, history) -> bool``
-    where : callable ``(model, split) -> (sites per seed, info dict)``
-    how : initialiser passed to the growth operator
-    op : callable ``(model, sites, how, split) -> Growth``
-        The growth operator (default: layer insertion, :func:`growcore.ops.insert_layers`).
-    lr_factor : float
-        Learning rate multiplied by this after each growth (SensLI Fig. 3.4b: 0.8).
-    """
-
-    when: object
-    where: object
-    how: object
-    op: Callable = insert_layers
-    lr_factor: float = 1.0
-
-    def describe(self) -> dict:
-        return {"when": self.when.describe(), "where": self.where.describe(),
-                "how": type(self.how).__name__, "op": self.op.__name__,
-                "lr_factor": self.lr_factor}
+from growcore.ops import make_optimizer, rebuild_optimizer
+from growcore.plan import GrowthPlan
+from growcore.stats.probe import Probe
+from growcore.when import TrainState
 
 
 @dataclass
@@ -63,6 +39,7 @@ class History:
     extra: dict = field(default_factory=dict)         # name -> [T][S] from step_metrics
     train_error: list = field(default_factory=list)   # [T][S] error on the training batch
     lr: list = field(default_factory=list)            # [T] learning rate of the update
+    plan: dict | None = None                          # the plan's full description
     evals: list = field(default_factory=list)         # every eval_every iterations: dicts
     # with "iteration" and, per seed, "train_error" (mean batch error since the last
     # evaluation), "val_error" (if the split has a validation set) and "test_error"
@@ -77,6 +54,7 @@ class History:
                 "train_error": plain(self.train_error), "lr": self.lr,
                 "n_params": self.n_params, "cost_flops": self.cost_flops,
                 "wall_time": self.wall_time, "events": self.events, "evals": evals,
+                "plan": self.plan,
                 **{name: plain(values) for name, values in self.extra.items()}}
 
 
@@ -118,7 +96,8 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
     observers : list, optional
         Objects with ``attach(model)`` and ``detach()``, attached at the start and re-attached
         to the new model after each growth (e.g. hooks collecting activation gradients
-        during the normal backward pass).
+        during the normal backward pass). The plan's own observers (``plan.observers()``) are
+        attached without being listed here.
     seed : int
         Seed of the mini-batch order and of the augmentation.
 
@@ -130,8 +109,14 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
     loss_fn = LOSSES[loss]
+    if plan is not None:
+        plan.check(model)
+        observers = [*(observers or []), *(o for o in plan.observers()
+                                           if all(o is not seen for seen in observers or []))]
     opt = make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
-    history = History(extra={name: [] for name in step_metrics or {}})
+    history = History(extra={name: [] for name in step_metrics or {}},
+                      plan=plan.describe() if plan is not None else None)
+    per_epoch = max(1, -(-len(split.y_train) // batch_size)) if batch_size else 1
     generator = torch.Generator().manual_seed(seed)
     batches = _endless(split, batch_size, generator)
     cost, start, test, base_lr, since_eval = 0.0, time.perf_counter(), None, lr, []
@@ -142,9 +127,9 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
         if t % eval_every == 0:
             test = _evaluate_all(model, split, loss, t, since_eval, history)
             since_eval = []
-        if plan is not None and plan.when(t, history):
+        if plan is not None and plan.when(TrainState(t, history, model, per_epoch)):
             _detach(observers)
-            model, opt, info = grow(model, opt, split, plan)
+            model, opt, info = grow(model, opt, split, plan, loss)
             base_lr *= plan.lr_factor
             cost += info.pop("cost_flops", 0)
             history.events.append({"iteration": t, **info})
@@ -242,16 +227,20 @@ def flops_per_example(model) -> int:
     return 2 * num_parameters(model)
 
 
-def grow(model, opt, split: Split, plan: GrowthPlan):
+def grow(model, opt, split: Split, plan: GrowthPlan, loss: str = "cross_entropy"):
     """One growth step: where -> how -> op -> optimiser state carried."""
-    sites, info = plan.where(model, split)
+    probe = Probe(split, loss)
+    proposals, info = plan.propose(model, probe)
     try:
-        growth = plan.op(model, sites, plan.how, split)
+        growth = plan.apply(model, proposals, probe)
     except SeedShapeMismatch as error:
-        raise DivergentGrowth(getattr(model, "seeds", [0]), sites) from error
+        seeds = list(getattr(model, "seeds", [0]))
+        chosen = {p.seed: p.site.position for p in proposals}
+        raise DivergentGrowth(seeds, [chosen.get(s) for s in range(len(seeds))]) from error
     lr = opt.param_groups[0]["lr"] * plan.lr_factor
     opt = rebuild_optimizer(opt, model, growth, lr=lr)
-    info = {**info, "seeds": list(getattr(model, "seeds", [0])),
+    info = {**info, "proposals": [p.describe() for p in proposals],
+            "seeds": list(getattr(model, "seeds", [0])),
             "n_params_before": num_parameters(model),
             "n_params_after": num_parameters(growth.model), "lr_after": lr}
     return growth.model, opt, info

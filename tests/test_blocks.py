@@ -8,11 +8,13 @@ from growcore.data import Split
 from growcore.how import BlockInit
 from growcore.models.mobilenet import MobileNetV2
 from growcore.models.resnet import resnet
+from growcore.models.sites import Proposal, depth_sites
 from growcore.models.staged import depths, is_shape_preserving
 from growcore.models.vgg import vgg_staged
-from growcore.ops import GrowThenCosine, add_blocks, make_optimizer, rebuild_optimizer
+from growcore.ops import GrowThenCosine, insert_modules, make_optimizer, rebuild_optimizer
+from growcore.plan import GrowthPlan
 from growcore.stats import MomentTracker
-from growcore.train import GrowthPlan, train
+from growcore.train import train
 from growcore.when import FRAGrow
 from growcore.where import StageOrder
 
@@ -20,6 +22,13 @@ PRESERVED = 1e-5  # float32 forward passes of the same function through more mod
 HE_STD = 0.05  # relative error of a sample standard deviation over > 1000 weights
 SMALL_RESNET = (4, 8, 8, 8)
 SMALL_VGG = (4, 8, 8, 8, 8)
+
+
+def at_stage_ends(model, stages):
+    """Proposals of one block appended to stage ``s`` for every ``s`` of ``stages`` (a stage
+    may repeat): the model's depth site at the end of each stage."""
+    sites = {site.container: site for site in depth_sites(model)}
+    return [Proposal(sites[f"stages.{s}"]) for s in stages]
 
 
 def images(n=8, seed=0):
@@ -39,7 +48,8 @@ def test_preserve_keeps_the_function(build, mode, training):
     model.train(training)
     X = images()
     before = model(X)
-    grown = add_blocks(model, list(range(len(model.stages))), BlockInit(mode, preserve=True))
+    grown = insert_modules(model, at_stage_ends(model, range(len(model.stages))),
+                           BlockInit(mode, preserve=True))
     grown.model.train(training)
     assert depths(grown.model) == [d + 1 for d in depths(model)]
     assert torch.allclose(grown.model(X), before, atol=PRESERVED, rtol=PRESERVED)
@@ -48,7 +58,7 @@ def test_preserve_keeps_the_function(build, mode, training):
 def test_preserve_refuses_plain_blocks():
     model = vgg_staged((1, 1, 1, 1, 2), widths=SMALL_VGG)
     with pytest.raises(ValueError, match="residual"):
-        add_blocks(model, [4], BlockInit(preserve=True))
+        insert_modules(model, at_stage_ends(model, [4]), BlockInit(preserve=True))
 
 
 def test_copy_after_a_plain_block_and_he_after_a_downsampling_one():
@@ -56,7 +66,7 @@ def test_copy_after_a_plain_block_and_he_after_a_downsampling_one():
     model = resnet((1, 2, 1, 1), widths=(16, 64, 64, 64))
     assert not is_shape_preserving(model.stages[1][0])
     assert is_shape_preserving(model.stages[1][1])
-    grown = add_blocks(model, [1, 2], BlockInit("copy")).model
+    grown = insert_modules(model, at_stage_ends(model, [1, 2]), BlockInit("copy")).model
     copied, template = grown.stages[1][2], model.stages[1][1]
     for (name, new), (_, old) in zip(copied.named_parameters(), template.named_parameters()):
         assert torch.equal(new, old), name
@@ -84,7 +94,8 @@ def test_moment_growth_copies_the_moving_average():
     expected = 0.5 * (0.5 * values[0] + 0.5 * values[1]) + 0.5 * values[2]  # 1.25
     average = tracker.ema["stages.1.1.conv.weight"]
     assert torch.allclose(average, torch.full_like(average, expected))
-    grown = add_blocks(model, [1], BlockInit("moment", tracker=tracker)).model
+    grown = insert_modules(model, at_stage_ends(model, [1]),
+                           BlockInit("moment", tracker=tracker)).model
     assert torch.allclose(grown.stages[1][2].conv.weight, average)
 
 
@@ -94,7 +105,7 @@ def test_optimizer_state_is_carried():
     opt = make_optimizer("sgd", model.parameters(), 0.1, momentum=0.9)
     model(images()).logsumexp(1).mean().backward()
     opt.step()
-    growth = add_blocks(model, [1], BlockInit())
+    growth = insert_modules(model, at_stage_ends(model, [1]), BlockInit())
     new_opt = rebuild_optimizer(opt, model, growth, lr=0.1)
     old = dict(model.named_parameters())
     for name, param in growth.model.named_parameters():
@@ -138,7 +149,7 @@ def test_the_loop_grows_a_vgg_to_its_target_with_fragrow():
     where = StageOrder([1, 1, 1, 1, 1], [1, 1, 2, 1, 2])
     ipe = n // batch
     plan = GrowthPlan(FRAGrow(ipe, where.n_blocks, epochs, finetune_min=2), where,
-                      BlockInit(), op=add_blocks)
+                      BlockInit())
     model, history = train(vgg_staged((1, 1, 1, 1, 1), widths=SMALL_VGG), split,
                            iterations=epochs * ipe, lr=0.05, momentum=0.9, batch_size=batch,
                            plan=plan, eval_every=ipe, progress=False,

@@ -10,8 +10,8 @@ from growcore.distributed import Agreed, distributed_op, shard, wrap
 from growcore.how import BlockInit
 from growcore.models.staged import is_shape_preserving, unwrap
 from growcore.models.vgg import vgg_staged
-from growcore.ops import add_blocks
-from growcore.train import GrowthPlan, train
+from growcore.plan import GrowthPlan, apply_growth
+from growcore.train import train
 from growcore.when import FRAGrow
 from growcore.where import StageOrder
 
@@ -54,10 +54,10 @@ def _run(rank: int, world: int, store: str, out: str) -> None:
     where = StageOrder(SEED, TARGET)
     policy = FRAGrow(iterations_per_epoch=2, n_blocks=where.n_blocks, total_epochs=6,
                      finetune_min=2)
-    plan = GrowthPlan(policy, where, BlockInit(), op=add_blocks)
+    plan = GrowthPlan(policy, where, BlockInit())
     if world > 1:
         model, split = wrap(model), shard(split, rank, world)
-        plan = GrowthPlan(Agreed(policy), where, BlockInit(), op=distributed_op(add_blocks))
+        plan = GrowthPlan(Agreed(policy), where, BlockInit(), op=distributed_op(apply_growth))
     final, history = train(model, split, iterations=ITERATIONS, lr=0.05, momentum=0.9,
                            plan=plan, eval_every=2, progress=False)
     torch.save({"state": unwrap(final).state_dict(),

@@ -14,6 +14,7 @@ from growcore.when import (
     FRAGrow,
     LipGrow,
     Periodic,
+    TrainState,
     average_training_epochs,
     block_epochs,
     growth_interval,
@@ -62,7 +63,7 @@ def simulate(policy, iterations, ipe, errors, blocks_per_growth=1):
     boundaries; ``errors(epoch)`` gives (train error since the last evaluation, val error)."""
     history = History()
     for t in range(iterations):
-        if policy(t, history):
+        if policy(TrainState(t, history)):
             history.events.append({"iteration": t, "blocks_added": blocks_per_growth})
         if t % ipe == 0:
             record = {"iteration": t}
@@ -156,13 +157,12 @@ def test_lipgrow_fires_when_the_estimate_rises_by_the_tolerance():
     model = vgg_staged((1, 1, 1, 1, 1), widths=(4, 4, 4, 4, 4))
     policy = LipGrow(iterations_per_epoch=1, n_blocks=5, total_epochs=100, finetune_min=10,
                      tolerance=1.1)
-    policy.attach(model)
     history = History()
-    assert not policy(1, history)              # first estimate: the base
+    assert not policy(TrainState(1, history, model))  # first estimate: the base
     _scale_convs(model, 1.05)
-    assert not policy(2, history)              # 5 % above the base: below the tolerance
+    assert not policy(TrainState(2, history, model))  # 5 % above the base: below tolerance
     _scale_convs(model, 1.1)
-    assert policy(3, history)                  # 15.5 % above the base
+    assert policy(TrainState(3, history, model))      # 15.5 % above the base
     assert policy.tolerance == pytest.approx(1.05)
     assert policy.trace[2][1] / policy.trace[0][1] == pytest.approx(1.05 * 1.1, rel=SPECTRAL)
 

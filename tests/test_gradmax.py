@@ -17,10 +17,11 @@ from growcore.data import Split
 from growcore.how import FireflyOpt, GradMax, GradMaxOpt, Random, Zero
 from growcore.losses import LOSSES
 from growcore.models.mlp import MLP, teacher
-from growcore.models.sites import WidthSite
+from growcore.models.sites import Proposal, WidthSite, width_sites
 from growcore.ops import NewUnits, widen
 from growcore.params import ParameterError
 from growcore.stats import (
+    Probe,
     TargetNorm,
     auxiliary_kernel_matrix,
     collect,
@@ -55,7 +56,7 @@ def test_svd_gradient_norm_matches_singular_values_and_beats_random(k):
     student, split = _teacher_student()
     site = student.width_sites()[0]
     how = GradMax(loss="mse", norm=TargetNorm(value=0.7))
-    grown = widen(student, [(site, k)], how, split).model
+    grown = widen(student, [Proposal(site, k)], how, Probe(split, "mse")).model
     sigma = how.singular_values[site]
     predicted = 0.7 * sigma[:k].norm()
     measured = _incoming_gradient(grown, site, k, split).norm()
@@ -68,8 +69,8 @@ def test_svd_gradient_norm_matches_singular_values_and_beats_random(k):
     assert random_norms.max() <= predicted * (1 + GRAD_TOL)
     # the same formula, checked by autograd on one random draw
     rand = Random(TargetNorm(value=0.7), seed=3)
-    new = rand(student, site, k, split)
-    grown = widen(student, [(site, k)], lambda *a: new).model
+    new = rand(student, Proposal(site, k), Probe(split, "mse"))
+    grown = widen(student, [Proposal(site, k)], lambda *a: new).model
     assert torch.allclose(_incoming_gradient(grown, site, k, split).norm(),
                           incoming_gradient_norm(G, new.outgoing), rtol=GRAD_TOL)
 
@@ -80,8 +81,9 @@ def test_gradmax_opt_does_not_beat_svd():
     svd = GradMax(loss="mse", norm=TargetNorm(value=1.0))
     opt = GradMaxOpt(loss="mse", norm=TargetNorm(value=1.0), steps=50)
     G = gradient_matrix(student, site, collect(student, [site], split, "mse")[site])
-    best = incoming_gradient_norm(G, svd(student, site, 1, split).outgoing)
-    found = incoming_gradient_norm(G, opt(student, site, 1, split).outgoing)
+    probe = Probe(split, "mse")
+    best = incoming_gradient_norm(G, svd(student, Proposal(site, 1), probe).outgoing)
+    found = incoming_gradient_norm(G, opt(student, Proposal(site, 1), probe).outgoing)
     assert found <= best * (1 + GRAD_TOL)
 
 
@@ -91,7 +93,8 @@ def test_pytorch_relu_kills_the_gradient_of_zero_incoming_weights():
     site = student.width_sites()[0]
     for activation, vanishes in (("relu", True), ("relu1", False)):
         student.activation = activation
-        grown = widen(student, [(site, 1)], GradMax(loss="mse"), split).model
+        grown = widen(student, [Proposal(site, 1)], GradMax(loss="mse"),
+                      Probe(split, "mse")).model
         assert (_incoming_gradient(grown, site, 1, split).norm() == 0) == vanishes
 
 
@@ -153,8 +156,8 @@ def test_conv_matrix_matches_brute_force_gradient(case):
     split = Split(X, torch.randn(5, 3, dtype=DTYPE))
     for site in net.width_sites():
         G = gradient_matrix(net, site, collect(net, [site], split, "mse")[site])
-        new = Random(TargetNorm(value=1.0), seed=1)(net, site, 2)
-        grown = widen(net, [(site, 2)], lambda *a, new=new: new).model
+        new = Random(TargetNorm(value=1.0), seed=1)(net, Proposal(site, 2))
+        grown = widen(net, [Proposal(site, 2)], lambda *a, new=new: new).model
         autograd = _incoming_gradient(grown, site, 2, split)
         o, k, R = new.outgoing.shape
         predicted = (G.T @ new.outgoing.permute(0, 2, 1).reshape(o * R, k)).T
@@ -192,30 +195,31 @@ def test_every_initialiser_keeps_the_function_except_firefly_by_epsilon():
     before = student(split.X_train)
     for how in (GradMax(loss="mse"), GradMaxOpt(loss="mse", steps=5), Random(), Zero(),
                 GradMaxOpt(loss="mse", steps=5, inverse=True), Random(inverse=True)):
-        grown = widen(student, [(site, 2)], how, split).model
+        grown = widen(student, [Proposal(site, 2)], how, Probe(split, "mse")).model
         # equal up to float64 rounding: the wider matmul may sum in another order
         assert torch.allclose(grown(split.X_train), before, rtol=1e-12, atol=1e-14), \
             type(how).__name__
     firefly = FireflyOpt(loss="mse", batch_size=50, epsilon=1e-4, steps=5)
-    new = firefly(student, site, 2, split)
+    new = firefly(student, Proposal(site, 2), Probe(split, "mse"))
     assert torch.allclose(new.outgoing.norm(dim=(0, 2)), torch.full((2,), 1e-4, dtype=DTYPE))
-    grown = widen(student, [(site, 2)], lambda *a: new).model
+    grown = widen(student, [Proposal(site, 2)], lambda *a: new).model
     loss = LOSSES["mse"]
     assert loss(grown(split.X_train)[None], split.y_train) < loss(before[None], split.y_train)
 
 
 def test_where_criteria():
     student, split = _teacher_student(widths_student=(8, 3, 3, 4))
-    sites, info = LargestSingularValue(k=2, loss="mse")(student, split)
-    assert len(sites) == 1 and sites[0][1] == 2
+    probe = Probe(split, "mse")
+    sites, info = LargestSingularValue(k=2, loss="mse")(student, width_sites(student), probe)
+    assert len(sites) == 1 and sites[0].amount == 2
     assert info["chosen"][0] == max(info["scores"], key=info["scores"].get)
     grow = GrowToWidths(factor=3, growths=2)
     for _ in range(3):  # a third call adds nothing: the target is reached
-        sites, _ = grow(student, split)
+        sites, _ = grow(student, width_sites(student), probe)
         student = widen(student, sites, Zero()).model
     assert student.widths == [8, 9, 9, 4]
-    sites, _ = FixedSites({"layers.1": 2})(student, split)
-    assert sites == [(student.width_sites()[1], 2)]
+    sites, _ = FixedSites({"layers.1": 2})(student, width_sites(student), probe)
+    assert sites == [Proposal(student.width_sites()[1], 2)]
 
 
 def test_new_units_layout_for_conv():
@@ -223,7 +227,7 @@ def test_new_units_layout_for_conv():
     site = net.width_sites()[0]
     new = NewUnits(torch.arange(18.0, dtype=DTYPE).view(1, 18),
                    torch.arange(36.0, dtype=DTYPE).view(4, 1, 9))
-    grown = widen(net, [(site, 1)], lambda *a: new).model
+    grown = widen(net, [Proposal(site, 1)], lambda *a: new).model
     assert torch.equal(grown.conv1.weight[3].flatten(), new.incoming[0])
     assert torch.equal(grown.conv2.weight[:, 3].flatten(1), new.outgoing[:, 0])
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from growcore.activations import ReLUWithSlopeAtZero
 from growcore.models.mobilenet import FRAGROW_V2_SEED, MobileNetV2
-from growcore.models.sites import WidthSite, check_width_sites
+from growcore.models.sites import Proposal, WidthSite, check_width_sites
 from growcore.models.vgg import NAGN_EXAMPLE, VGG, ConvBlock, vgg11
 from growcore.ops.widen import NewUnits, unit_sizes, widen
 
@@ -20,14 +20,14 @@ NEW_UNITS = 2  # units added at every widened site
 RELU1 = functools.partial(ReLUWithSlopeAtZero, 1.0)
 
 
-def _widen(model: nn.Module, sites: list[tuple[WidthSite, int]], seed: int = 0) -> nn.Module:
+def _widen(model: nn.Module, proposals: list[Proposal], seed: int = 0) -> nn.Module:
     """The library's width growth with zero incoming and random outgoing weights.
 
     Parameters
     ----------
     model : nn.Module
         Left unchanged.
-    sites : list of (WidthSite, int)
+    proposals : list of Proposal
         Sites and the number of units each gains.
     seed : int
         Seed of the outgoing weights.
@@ -39,11 +39,12 @@ def _widen(model: nn.Module, sites: list[tuple[WidthSite, int]], seed: int = 0) 
     """
     generator = torch.Generator().manual_seed(seed)
 
-    def how(net: nn.Module, site: WidthSite, k: int, split) -> NewUnits:
-        D, o, R = unit_sizes(net, site)
+    def how(net: nn.Module, proposal: Proposal, stats) -> NewUnits:
+        k = proposal.amount
+        D, o, R = unit_sizes(net, proposal.site)
         return NewUnits(torch.zeros(k, D), torch.randn(o, k, R, generator=generator))
 
-    return widen(model, sites, how).model
+    return widen(model, proposals, how).model
 
 
 def _images(n: int = 4, seed: int = 0) -> torch.Tensor:
@@ -65,7 +66,7 @@ def test_mobilenetv2_every_site_widens_preserving_the_function(width, activation
     with torch.no_grad():
         before = model(X)
     sites = model.width_sites()
-    grown = _widen(model, [(site, NEW_UNITS) for site in sites]).eval()
+    grown = _widen(model, [Proposal(site, NEW_UNITS) for site in sites]).eval()
     check_width_sites(grown)
     for site in sites:
         assert _producer_width(grown, site) == _producer_width(model, site) + NEW_UNITS, site
@@ -91,7 +92,7 @@ def test_mobilenetv2_widened_stem_breaks_a_residual_first_block():
     first = model.block_names()[0]
     stem = WidthSite("stem.0", "stem.1", f"{first}.project.0",
                      depthwise=((f"{first}.dw.0", f"{first}.dw.1"),))
-    grown = _widen(model, [(stem, NEW_UNITS)]).eval()
+    grown = _widen(model, [Proposal(stem, NEW_UNITS)]).eval()
     with pytest.raises(RuntimeError, match="size of tensor"):
         grown(_images())
 
@@ -126,7 +127,7 @@ def test_vgg_rebuilt_from_the_spec_of_a_widened_model(name):
     model = vgg_models()[name]
     config, hidden = model.config, model.hidden
     sites = model.width_sites()
-    grown = _widen(model, [(sites[0], NEW_UNITS), (sites[-1], NEW_UNITS + 1)])
+    grown = _widen(model, [Proposal(sites[0], NEW_UNITS), Proposal(sites[-1], NEW_UNITS + 1)])
     assert model.config == config and model.hidden == hidden  # the input is left unchanged
     assert grown.config != config
     assert grown.config == [[b.conv.out_channels for b in stage] for stage in grown.stages]

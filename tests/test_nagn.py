@@ -11,11 +11,13 @@ from torch import nn
 
 from growcore.data import Split
 from growcore.how import GradMax, KaimingNew
+from growcore.models.sites import Proposal
 from growcore.models.vgg import VGG
 from growcore.ops import make_optimizer, rebuild_optimizer, widen
+from growcore.plan import GrowthPlan
 from growcore.stats import NAGNObserver, TargetNorm, nagn_direct
-from growcore.train import GrowthPlan, train
-from growcore.when import ValidationWindow
+from growcore.train import train
+from growcore.when import TrainState, ValidationWindow
 from growcore.where import NAGN, increments, neighbour_average, non_decreasing, relative_contrast
 
 EXACT = 1e-12       # float64 arithmetic on a handful of numbers
@@ -165,7 +167,8 @@ def test_width_growth_of_eq_1_preserves_the_function(mode):
     for _ in range(3):  # non-trivial running statistics for the eval mode
         model(X)
     sites = model.width_sites()  # conv, conv, conv -> dense across the flatten, dense
-    grown = widen(model, list(zip(sites, [2, 3, 1, 2])), KaimingNew(seed=3)).model
+    grown = widen(model, [Proposal(s, k) for s, k in zip(sites, [2, 3, 1, 2])],
+                  KaimingNew(seed=3)).model
     model.train(mode == "train")
     grown.train(mode == "train")
     with torch.no_grad():
@@ -180,11 +183,12 @@ def test_eq_1_blocks_variances_and_nonzero_gradient():
     model = _vgg()
     site = model.width_sites()[1]  # conv 4 -> 3 channels, 3x3: fan-in n_l k^2 = 36
     k = 400
-    new = KaimingNew(seed=0)(model, site, k)
+    new = KaimingNew(seed=0)(model, Proposal(site, k))
     variance = float(new.incoming.double().var())
     assert abs(variance / (2 / 36) - 1) < SAMPLE_SIGMAS * math.sqrt(2 / new.incoming.numel())
     assert new.outgoing.abs().max() == 0                      # W^new1 = 0
-    growth = widen(model, [(model.width_sites()[0], 2), (site, 3)], KaimingNew(seed=1))
+    growth = widen(model, [Proposal(model.width_sites()[0], 2), Proposal(site, 3)],
+                   KaimingNew(seed=1))
     conv2 = growth.model.get_submodule(site.producer)
     assert conv2.weight[3:, 4:].abs().max() == 0              # W^new3 = 0
     assert conv2.weight[:3, 4:].abs().max() == 0              # W^new1 = 0
@@ -204,7 +208,7 @@ def test_adamw_state_survives_nagn_growth():
         nn.functional.cross_entropy(model(X), torch.arange(8) % 5).backward()
         opt.step()
     site = model.width_sites()[0]
-    growth = widen(model, [(site, 2)], KaimingNew())
+    growth = widen(model, [Proposal(site, 2)], KaimingNew())
     new_opt = rebuild_optimizer(opt, model, growth)
     old_p = model.get_submodule(site.producer).weight
     new_p = growth.model.get_submodule(site.producer).weight
@@ -227,7 +231,7 @@ def test_nagn_growth_in_the_training_loop_applies_its_increments():
     where = NAGN(observer, tau=0.05, delta_max=64)
     plan = GrowthPlan(_At(8), where, KaimingNew(), op=widen)
     grown, history = train(model, Split(X, y), iterations=10, lr=1e-2, optimizer="adamw",
-                           batch_size=16, plan=plan, observers=[observer], progress=False)
+                           batch_size=16, plan=plan, progress=False)
     event = history.events[0]
     assert len(event["nagn"]) == 4 and event["widths"] == [8, 2, 8]
     assert sum(event["increments"]) > 0
@@ -241,12 +245,14 @@ def test_nagn_where_composes_with_the_gradmax_initialiser():
     X, y, model, observer = _bottleneck_problem()
     gradmax, made, checked = GradMax(batch_size=32, norm=TargetNorm(value=1e-3)), [], []
 
-    def how(model, site, k, split):
-        made.append(gradmax(model, site, k, split))
+    def how(model, proposal, stats):
+        made.append(gradmax(model, proposal, stats))
         return made[-1]
 
-    def op(model, sites, how, split):
-        growth = widen(model, sites, how, split)
+    how.kind = "width"  # the plan checks that where and how serve the same kind
+
+    def op(model, proposals, how, stats):
+        growth = widen(model, proposals, how, stats)
         model.eval(), growth.model.eval()
         with torch.no_grad():
             checked.append((growth.model(X) - model(X)).abs().max().item())
@@ -255,7 +261,7 @@ def test_nagn_where_composes_with_the_gradmax_initialiser():
 
     plan = GrowthPlan(_At(8), NAGN(observer, tau=0.05, delta_max=64), how, op=op)
     grown, history = train(model, Split(X, y), iterations=10, lr=1e-2, optimizer="adamw",
-                           batch_size=16, plan=plan, observers=[observer], progress=False)
+                           batch_size=16, plan=plan, progress=False)
     event = history.events[0]
     assert sum(event["increments"]) > 0 and len(made) == sum(d > 0 for d in event["increments"])
     widths = [grown.get_submodule(s.producer).out_channels for s in grown.width_sites()]
@@ -271,8 +277,8 @@ class _At:
     def __init__(self, t):
         self.t = t
 
-    def __call__(self, iteration, history):
-        return iteration == self.t
+    def __call__(self, state):
+        return state.iteration == self.t
 
     def describe(self):
         return {"policy": "at", "iteration": self.t}
@@ -284,7 +290,7 @@ def _feed(policy, accuracies, per_eval=3):
     for i, a in enumerate(accuracies):
         history.evals.append({"iteration": i, "val_error": torch.tensor([1 - a])})
         for _ in range(per_eval):
-            if policy(i, history):
+            if policy(TrainState(i, history)):
                 fired.append(i)
     return fired
 

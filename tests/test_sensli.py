@@ -8,9 +8,9 @@ from growcore.data import spiral, spiral_points
 from growcore.how import IdentityLayer
 from growcore.losses import per_seed_cross_entropy
 from growcore.models import build
-from growcore.ops import insert_layers
+from growcore.ops import at_positions, insert_layers
 from growcore.sensitivity import base_gradient, extended_problem, first_order_check, solve_kkt
-from growcore.stats import extended_gradients
+from growcore.stats import Probe, extended_gradients
 from growcore.where import SensLI, sensli_merits
 
 EXACT = 1e-12      # float64 operations that should agree to rounding
@@ -50,7 +50,7 @@ def test_parameter_counts_of_table_3_1(kind, widths, count):
 def test_insertion_grows_to_the_larger_architecture():
     for kind, small, big in [("fnn", [5], [5, 5]), ("resnet", [3, 3], [3, 3, 3])]:
         model = build(kind, small, [0])
-        grown = insert_layers(model, [1], IdentityLayer()).model
+        grown = insert_layers(model, at_positions(model, [1]), IdentityLayer()).model
         assert grown.num_parameters() == build(kind, big, [0]).num_parameters()
 
 
@@ -60,15 +60,16 @@ def test_identity_insertion_preserves_the_function(kind, widths, data):
     before = model(data.X_test)
     positions = model.insertion_positions()
     for k in positions:
-        grown = insert_layers(model, [k] * len(SEEDS), IdentityLayer()).model
+        grown = insert_layers(model, at_positions(model, [k] * len(SEEDS)), IdentityLayer()).model
         assert torch.allclose(grown(data.X_test), before, atol=EXACT, rtol=0)
-    extended = insert_layers(model, [positions] * len(SEEDS), IdentityLayer()).model
+    extended = insert_layers(model, at_positions(model, [positions] * len(SEEDS)),
+                             IdentityLayer()).model
     assert torch.allclose(extended(data.X_test), before, atol=EXACT, rtol=0)
 
 
 def test_insertion_at_different_positions_per_seed(data):
     model = build("fnn", [4, 4], SEEDS, dtype=torch.float64)
-    growth = insert_layers(model, [1, 2, 2, 1], IdentityLayer())
+    growth = insert_layers(model, at_positions(model, [1, 2, 2, 1]), IdentityLayer())
     assert torch.allclose(growth.model(data.X_test), model(data.X_test), atol=EXACT, rtol=0)
     # seed 0 got its new layer at list index 1, seed 1 at index 2
     assert growth.sources["hidden.1.W"][:2] == [None, "hidden.1.W"]
@@ -80,24 +81,24 @@ def test_a_non_identity_initialisation_changes_the_function(data):
     """Guards the preservation tests: a wrong init must be detected."""
     model = build("resnet", [3, 3], [0], dtype=torch.float64)
 
-    def not_identity(m, k, s):
-        layer = IdentityLayer()(m, k, s)
+    def not_identity(m, proposal, stats):
+        layer = IdentityLayer()(m, proposal, stats)
         return {**layer, "W2": torch.ones_like(layer["W2"])}
 
-    grown = insert_layers(model, [1], not_identity).model
+    grown = insert_layers(model, at_positions(model, [1]), not_identity).model
     assert not torch.allclose(grown(data.X_test), model(data.X_test), atol=1e-6)
 
 
 def test_identity_fnn_layer_needs_relu():
     model = build("fnn", [3], [0], activation="tanh")
     with pytest.raises(ValueError, match="ReLU"):
-        insert_layers(model, [1], IdentityLayer())
+        insert_layers(model, at_positions(model, [1]), IdentityLayer())
 
 
 def test_invalid_positions_are_named():
     model = build("resnet", [3, 3], [0])
     with pytest.raises(ValueError, match=r"valid positions k .*\[1\]"):
-        insert_layers(model, [2], IdentityLayer())
+        insert_layers(model, at_positions(model, [2]), IdentityLayer())
 
 
 def _single_example_grads(model, data, i, names):
@@ -110,7 +111,7 @@ def test_resnet_gradient_identities_2_5(data):
     """(2.5a-c): after inserting a block with W2 = 0, dL/dW1 = dL/db = 0 and
     dL/dW2 = sum_i dL/dx_i^k sigma(W1 x_i^{k-1} + b)^T."""
     model = build("resnet", [3, 3, 3], [0], dtype=torch.float64)
-    grown = insert_layers(model, [1], IdentityLayer(0.8)).model
+    grown = insert_layers(model, at_positions(model, [1]), IdentityLayer(0.8)).model
     new = grown.blocks[0]
     x_prev = grown.hidden_states(data.X_train)[1].detach()   # x^{k-1}, input of the new block
     # dL/dx^k: the rest of the network applied to x^k = x^{k-1} as an independent leaf
@@ -133,7 +134,7 @@ def test_resnet_gradient_identities_2_5(data):
 def test_fnn_gradient_identities_2_7(data):
     """(2.7a/b) per data point: dL/dW = sigma'(x^k) (W^{k+1})^T dL/dW^{k+1} and likewise for b."""
     model = build("fnn", [4, 4], [0], dtype=torch.float64)
-    grown = insert_layers(model, [1], IdentityLayer()).model
+    grown = insert_layers(model, at_positions(model, [1]), IdentityLayer()).model
     names = ["hidden.1.W", "hidden.1.b", "hidden.2.W", "hidden.2.b"]
     checked_nonzero = False
     for i in range(20):
@@ -189,9 +190,11 @@ def test_merit_normalisation_and_selection(data):
     code = sensli_merits(model, data, "code")
     widths = torch.tensor([6.0, 3.0], dtype=torch.float64)
     assert torch.allclose(code, paper * widths**2)
-    chosen_max, info = SensLI("max")(model, data)
-    chosen_min, _ = SensLI("min")(model, data)
-    assert chosen_max == [[1, 2][i] for i in paper.argmax(1)]
+    proposals_max, info = SensLI("max")(model, model.growth_sites(), Probe(data))
+    proposals_min, _ = SensLI("min")(model, model.growth_sites(), Probe(data))
+    chosen_max = [p.site.position for p in sorted(proposals_max, key=lambda p: p.seed)]
+    chosen_min = [p.site.position for p in sorted(proposals_min, key=lambda p: p.seed)]
+    assert chosen_max == [[1, 2][i] for i in paper.argmax(1)] == info["chosen"]
     assert chosen_min == [[1, 2][i] for i in paper.argmin(1)]
     assert info["merits"] == paper.tolist()
 
@@ -200,7 +203,7 @@ def test_merit_is_the_squared_gradient_of_the_virtual_weight(data):
     model = build("resnet", [3, 3, 3], [0], dtype=torch.float64)
     merits = sensli_merits(model, data, "code")
     for p, k in enumerate(model.insertion_positions()):
-        grown = insert_layers(model, [k], IdentityLayer()).model
+        grown = insert_layers(model, at_positions(model, [k]), IdentityLayer()).model
         loss = per_seed_cross_entropy(grown(data.X_train), data.y_train).sum()
         (g,) = torch.autograd.grad(loss, grown.blocks[k - 1].W2)
         assert merits[0, p] == pytest.approx(float(g.pow(2).sum()), rel=1e-10)

@@ -11,10 +11,11 @@ from growcore.data import Split, spiral
 from growcore.experiments import chosen_sites, run_spiral, spiral_config
 from growcore.how import IdentityLayer
 from growcore.models import build
-from growcore.ops import insert_layers, make_optimizer, rebuild_optimizer
+from growcore.ops import at_positions, insert_layers, make_optimizer, rebuild_optimizer
 from growcore.params import ParameterError, Spec, check, require, validate
-from growcore.train import GrowthPlan, evaluate, train
-from growcore.when import AtIterations, Every
+from growcore.plan import GrowthPlan
+from growcore.train import evaluate, train
+from growcore.when import AtIterations, Every, TrainState
 from growcore.where import SensLI
 
 BATCHED_TOL = 1e-6   # float32: batched and one-seed-at-a-time runs agree to rounding
@@ -40,7 +41,7 @@ def _state_by_name(model, opt):
                                         ("adamw", ["exp_avg", "exp_avg_sq"])])
 def test_optimiser_state_is_carried_across_insertion(name, keys):
     model, opt = _stepped(name)
-    growth = insert_layers(model, [1, 1], IdentityLayer())
+    growth = insert_layers(model, at_positions(model, [1, 1]), IdentityLayer())
     new_opt = rebuild_optimizer(opt, model, growth, lr=0.01)
     old, new = _state_by_name(model, opt), _state_by_name(growth.model, new_opt)
     assert new_opt.param_groups[0]["lr"] == 0.01
@@ -55,7 +56,7 @@ def test_optimiser_state_is_carried_across_insertion(name, keys):
 
 def test_mixed_new_and_old_entries_get_zero_momentum():
     model, opt = _stepped("sgd")
-    growth = insert_layers(model, [1, 2], IdentityLayer())
+    growth = insert_layers(model, at_positions(model, [1, 2]), IdentityLayer())
     new = _state_by_name(growth.model, rebuild_optimizer(opt, model, growth))
     old = _state_by_name(model, opt)
     buffer = new["hidden.1.W"]["momentum_buffer"]
@@ -65,7 +66,7 @@ def test_mixed_new_and_old_entries_get_zero_momentum():
 
 def test_adam_refuses_one_step_count_for_mixed_tensors():
     model, opt = _stepped("adam")
-    growth = insert_layers(model, [1, 2], IdentityLayer())
+    growth = insert_layers(model, at_positions(model, [1, 2]), IdentityLayer())
     with pytest.raises(ValueError, match="one step count per tensor"):
         rebuild_optimizer(opt, model, growth)
 
@@ -77,7 +78,7 @@ def test_unknown_optimiser_is_named():
 
 def test_at_iterations_policy():
     when = AtIterations([450, 150])
-    assert [t for t in range(1000) if when(t, None)] == [150, 450]
+    assert [t for t in range(1000) if when(TrainState(t))] == [150, 450]
     with pytest.raises(ValueError, match="non-negative"):
         AtIterations(-1)
 
@@ -175,8 +176,8 @@ def test_parameter_validation_names_the_parameter():
 
 def test_every_policy():
     when = Every(200, count=5)
-    assert [t for t in range(2000) if when(t, None)] == [200, 400, 600, 800, 1000]
-    assert [t for t in range(10) if Every(3, start=1)(t, None)] == [1, 4, 7]
+    assert [t for t in range(2000) if when(TrainState(t))] == [200, 400, 600, 800, 1000]
+    assert [t for t in range(10) if Every(3, start=1)(TrainState(t))] == [1, 4, 7]
     with pytest.raises(ValueError, match="interval"):
         Every(0)
 

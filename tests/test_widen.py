@@ -8,7 +8,7 @@ from torch import nn
 from growcore.activations import ReLUWithSlopeAtZero
 from growcore.how import Random
 from growcore.models.mlp import MLP
-from growcore.models.sites import WidthSite, check_width_sites
+from growcore.models.sites import Proposal, WidthSite, check_width_sites
 from growcore.ops import NewUnits, make_optimizer, rebuild_optimizer, widen
 from growcore.stats import TargetNorm
 
@@ -67,7 +67,7 @@ def test_conv_widening_preserves_function(how, mode, which):
     X = _inputs()
     before = net(X).detach()
     sites = net.width_sites()
-    growth = widen(net, [(sites[i], 2 + i) for i in which], how)
+    growth = widen(net, [Proposal(sites[i], 2 + i) for i in which], how)
     grown = growth.model
     getattr(grown, mode)()
     check_width_sites(grown)
@@ -88,7 +88,7 @@ def test_dense_widening_preserves_function_at_every_site(how):
     net = MLP([6, 4, 5, 3], bias=True).to(DTYPE)
     X = torch.randn(20, 6, dtype=DTYPE)
     sites = net.width_sites()
-    grown = widen(net, [(sites[0], 3), (sites[1], 2)], how).model
+    grown = widen(net, [Proposal(sites[0], 3), Proposal(sites[1], 2)], how).model
     assert grown.widths == [6, 7, 7, 3]
     assert (grown(X) - net(X)).abs().max() < PRESERVE_TOL
 
@@ -98,7 +98,7 @@ def test_new_weights_land_where_the_layout_says():
     site = net.width_sites()[0]
     incoming = torch.arange(3.0, dtype=DTYPE).view(1, 3)
     outgoing = torch.arange(4.0, dtype=DTYPE).view(4, 1, 1)
-    grown = widen(net, [(site, 1)], lambda *args: NewUnits(incoming, outgoing)).model
+    grown = widen(net, [Proposal(site, 1)], lambda *args: NewUnits(incoming, outgoing)).model
     assert torch.equal(grown.layers[0].weight[2], incoming[0])
     assert torch.equal(grown.layers[1].weight[:, 2], outgoing[:, 0, 0])
 
@@ -107,7 +107,7 @@ def test_wrong_initialiser_shapes_are_refused():
     net = MLP([3, 2, 4])
     bad = NewUnits(torch.zeros(1, 2), torch.zeros(4, 1, 1))
     with pytest.raises(ValueError, match="incoming \\[1, 3\\]"):
-        widen(net, [(net.width_sites()[0], 1)], lambda *args: bad)
+        widen(net, [Proposal(net.width_sites()[0], 1)], lambda *args: bad)
 
 
 def _train_steps(net, opt, X, steps=3):
@@ -123,7 +123,7 @@ def test_optimiser_state_is_carried(optimizer):
     X = _inputs()
     opt = make_optimizer(optimizer, net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     _train_steps(net, opt, X)
-    growth = widen(net, [(s, 2) for s in net.width_sites()], HOWS["incoming zero"])
+    growth = widen(net, [Proposal(s, 2) for s in net.width_sites()], HOWS["incoming zero"])
     new_opt = rebuild_optimizer(opt, net, growth)
     old_params = dict(net.named_parameters())
     new_params = dict(growth.model.named_parameters())
@@ -153,7 +153,7 @@ def test_mobilenet_widening_through_depthwise_preserves_function(mode):
     getattr(net.train(), mode)()
     X = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     before = net(X).detach()
-    grown = widen(net, [(s, 2) for s in net.width_sites()], HOWS["incoming zero"]).model
+    grown = widen(net, [Proposal(s, 2) for s in net.width_sites()], HOWS["incoming zero"]).model
     getattr(grown, mode)()
     check_width_sites(grown)
     assert (grown(X).detach() - before).abs().max() < PRESERVE_TOL

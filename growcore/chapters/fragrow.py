@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from growcore import results
+from growcore import papers, results
 from growcore.distributed import Agreed, distributed_op, init_from_environment, shard, wrap
 from growcore.how import BlockInit
 from growcore.images import IMAGENET_MEAN, IMAGENET_STD, augment_cifar, cifar10, cifar100, imagenet
@@ -27,18 +27,20 @@ from growcore.models.mobilenet import MobileNetV2
 from growcore.models.resnet import resnet
 from growcore.models.staged import depths, unwrap
 from growcore.models.vgg import vgg_staged
-from growcore.ops import GrowThenCosine, add_blocks
+from growcore.ops import GrowThenCosine
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
 from growcore.paths import dataset_dir, missing_dataset_message, results_dir
+from growcore.plan import GrowthPlan, apply_growth
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES, resolve_device
 from growcore.stats import MomentTracker
-from growcore.train import GrowthPlan, evaluate, train
+from growcore.train import evaluate, train
 from growcore.when import Convergent, FRAGrow, LipGrow, Periodic, average_training_epochs
 from growcore.where import StageOrder
 
 PRESETS = ("smoke", "cpu", "gpu")
+PAPER_NUMBERS = papers.load("fragrow")  # growcore/papers/fragrow.yml
 ARCHITECTURES = ("resnet", "vgg", "mobilenetv2")
 DATASETS = ("cifar10", "cifar100", "imagenet")
 TABLES = (1, 5, 6, 8, 9, 10)
@@ -181,9 +183,9 @@ def load_split(data: dict):
 
 
 def _plan(c: dict, ipe: int, tracker: MomentTracker | None):
-    """GrowthPlan and observers of a growing method (None for small and large)."""
+    """GrowthPlan of a growing method and its number of blocks (None, 0 for small, large)."""
     if c["policy"] in ("small", "large"):
-        return None, [], 0
+        return None, 0
     where = StageOrder(stage_counts(c["architecture"], c["seed_blocks"]),
                        stage_counts(c["architecture"], c["target_blocks"]), c["order"],
                        "double" if c["policy"] == "LipGrow" else "one")
@@ -196,8 +198,7 @@ def _plan(c: dict, ipe: int, tracker: MomentTracker | None):
               "LipGrow": lambda: LipGrow(*frame, tolerance=c["lipgrow_tolerance"])}[
         c["policy"]]()
     how = BlockInit(c["init"], tracker=tracker)
-    observers = [policy] if isinstance(policy, LipGrow) else []
-    return GrowthPlan(policy, where, how, op=add_blocks), observers, where.n_blocks
+    return GrowthPlan(policy, where, how), where.n_blocks
 
 
 def run(name: str, c: dict, *, directory=None, preset: str = "cpu", device: str = "cpu",
@@ -219,19 +220,18 @@ def run(name: str, c: dict, *, directory=None, preset: str = "cpu", device: str 
     model = build_model(c["architecture"], blocks, c["widths"], len(split.classes),
                         c["data"].get("image_size")).to(device)
     tracker = MomentTracker(c["moment_decay"]) if c["init"] == "moment" else None
-    plan, observers, n_blocks = _plan(c, ipe, tracker)
+    plan, n_blocks = _plan(c, ipe, tracker)
     if world > 1:
         model = wrap(model)
         if plan is not None:
             plan = GrowthPlan(Agreed(plan.when, device), plan.where, plan.how,
-                              op=distributed_op(add_blocks))
+                              op=distributed_op(apply_growth))
     start = time.perf_counter()
     model, history = train(model, train_split, iterations=iterations, lr=c["lr"],
                            momentum=c["momentum"], weight_decay=c["weight_decay"],
                            batch_size=batch, plan=plan, eval_every=ipe,
                            lr_schedule=GrowThenCosine(iterations, n_blocks),
                            augment=augment_cifar if c["data"]["augment"] else None,
-                           observers=observers + ([tracker] if tracker else []),
                            seed=c["seed"], progress=progress, desc=name)
     wall = time.perf_counter() - start
     model = unwrap(model)
@@ -242,7 +242,7 @@ def run(name: str, c: dict, *, directory=None, preset: str = "cpu", device: str 
     record = {
         "name": name, "created": results.now(), "preset": preset, "config": c,
         "seeds": [c["seed"]], "environment": results.environment(device),
-        "wall_time_s": wall, "iterations_per_epoch": ipe,
+        "wall_time_s": wall, "iterations_per_epoch": ipe, "plan": h["plan"],
         "metrics": {"test_error": test_error, "train_error": final_train,
                     "cost_flops": h["cost_flops"][-1], "evals": h["evals"],
                     "events": h["events"], "lr": h["lr"][::ipe],
@@ -255,96 +255,8 @@ def run(name: str, c: dict, *, directory=None, preset: str = "cpu", device: str 
     return record
 
 
-# The slides' numbers (test error %, normalised time % or training error %), by table,
-# architecture, data set and method.
-PAPER = {
-    1: {"resnet": {"CIFAR100": {"periodic": (28.91, 6.24), "fast": (29.33, 1.82),
-                                "large": (29.56, 1.12)},
-                   "ImageNet": {"periodic": (24.73, 21.68), "fast": (24.29, 18.48),
-                                "large": (24.14, 17.82)}},
-        "vgg": {"CIFAR100": {"periodic": (27.34, 7.40), "fast": (26.86, 1.16),
-                             "large": (26.96, 0.32)},
-                "ImageNet": {"periodic": (25.70, 29.47), "fast": (24.44, 25.97),
-                             "large": (24.15, 25.05)}}},
-    5: {"resnet": {"CIFAR10": {"small": (8.37, 39.23), "large": (6.66, 100.0),
-                               "FRAGrow": (6.32, 82.45)},
-                   "CIFAR100": {"small": (32.97, 36.95), "large": (29.56, 100.0),
-                                "FRAGrow": (29.14, 79.93)},
-                   "ImageNet": {"small": (29.06, 58.79), "large": (24.14, 100.0),
-                                "FRAGrow": (24.32, 90.00)}},
-        "vgg": {"CIFAR10": {"small": (8.27, 48.21), "large": (6.22, 100.0),
-                            "FRAGrow": (6.20, 81.65)},
-                "CIFAR100": {"small": (31.12, 51.71), "large": (26.96, 100.0),
-                             "FRAGrow": (26.57, 84.00)},
-                "ImageNet": {"small": (31.01, 54.35), "large": (24.15, 100.0),
-                             "FRAGrow": (24.39, 88.76)}},
-        "mobilenetv2": {"CIFAR10": {"small": (7.32, 38.12), "large": (5.22, 100.0),
-                                    "FRAGrow": (5.60, 79.42)},
-                        "CIFAR100": {"small": (27.49, 40.07), "large": (23.95, 100.0),
-                                     "FRAGrow": (23.94, 73.82)},
-                        "ImageNet": {"small": (36.97, 52.70), "large": (29.71, 100.0),
-                                     "FRAGrow": (30.25, 93.75)}}},
-    6: {"resnet": {"CIFAR10": {"periodic": (6.58, 102.33), "convergent": (6.35, 104.39),
-                               "LipGrow": (7.18, 67.22), "FRAGrow": (6.32, 100.0),
-                               "large": (6.66, 121.29)},
-                   "CIFAR100": {"periodic": (29.29, 98.62), "convergent": (29.25, 107.42),
-                                "LipGrow": (29.23, 96.09), "FRAGrow": (29.14, 100.0),
-                                "large": (29.56, 125.11)},
-                   "ImageNet": {"periodic": (24.79, 93.39), "convergent": (25.30, 86.59),
-                                "LipGrow": (25.10, 88.86), "FRAGrow": (24.32, 100.0),
-                                "large": (24.14, 111.11)}},
-        "vgg": {"CIFAR10": {"periodic": (6.40, 92.23), "convergent": (6.33, 99.72),
-                            "LipGrow": (7.05, 75.92), "FRAGrow": (6.20, 100.0),
-                            "large": (6.22, 122.48)},
-                "CIFAR100": {"periodic": (26.73, 93.02), "convergent": (26.83, 92.65),
-                             "LipGrow": (29.82, 83.26), "FRAGrow": (26.57, 100.0),
-                             "large": (26.96, 119.05)},
-                "ImageNet": {"periodic": (25.70, 92.40), "convergent": (26.42, 77.61),
-                             "LipGrow": (27.03, 103.91), "FRAGrow": (24.39, 100.0),
-                             "large": (24.15, 112.66)}},
-        "mobilenetv2": {"CIFAR10": {"periodic": (5.66, 95.11), "convergent": (5.50, 105.86),
-                                    "LipGrow": (5.64, 117.30), "FRAGrow": (5.60, 100.0),
-                                    "large": (5.22, 132.92)},
-                        "CIFAR100": {"periodic": (24.35, 99.67),
-                                     "convergent": (24.11, 106.87),
-                                     "LipGrow": (24.32, 116.65), "FRAGrow": (23.94, 100.0),
-                                     "large": (23.95, 123.83)}}},
-    8: {"resnet": {"CIFAR100": {"FRAGrow a=2": (29.11, 99.04), "FRAGrow": (29.14, 100.0),
-                                "FRAGrow a=6": (29.20, 97.70)},
-                   "ImageNet": {"FRAGrow a=2": (24.86, 98.23), "FRAGrow": (24.32, 100.0),
-                                "FRAGrow a=6": (24.27, 100.90)}},
-        "vgg": {"CIFAR100": {"FRAGrow a=2": (26.75, 95.11), "FRAGrow": (26.57, 100.0),
-                             "FRAGrow a=6": (26.89, 110.58)},
-                "ImageNet": {"FRAGrow a=2": (24.22, 101.20), "FRAGrow": (24.39, 100.0),
-                             "FRAGrow a=6": (24.32, 99.17)}}},
-    9: {"resnet": {"CIFAR100": {"periodic circulating": (28.41, 101.30),
-                                "convergent circulating": (29.15, 107.91),
-                                "FRAGrow circulating": (28.39, 100.0)},
-                   "ImageNet": {"periodic circulating": (24.62, 98.20),
-                                "convergent circulating": (25.07, 99.13),
-                                "FRAGrow circulating": (24.52, 100.0)}},
-        "vgg": {"CIFAR100": {"periodic circulating": (27.00, 85.74),
-                             "convergent circulating": (27.00, 95.10),
-                             "FRAGrow circulating": (26.63, 100.0)},
-                "ImageNet": {"periodic circulating": (26.19, 94.85),
-                             "convergent circulating": (26.32, 94.78),
-                             "FRAGrow circulating": (24.18, 100.0)}}},
-    10: {"resnet": {"CIFAR100": {"periodic moment": (28.94, 97.47),
-                                 "convergent moment": (29.82, 105.80),
-                                 "FRAGrow moment": (28.80, 100.0)},
-                    "ImageNet": {"periodic moment": (24.72, 105.01),
-                                 "convergent moment": (25.28, 101.12),
-                                 "FRAGrow moment": (24.65, 100.0)}},
-         "vgg": {"CIFAR100": {"periodic moment": (26.85, 93.43),
-                              "convergent moment": (26.86, 89.27),
-                              "FRAGrow moment": (26.67, 100.0)},
-                 "ImageNet": {"periodic moment": (26.15, 106.74),
-                              "convergent moment": (26.52, 105.01),
-                              "FRAGrow moment": (24.24, 100.0)}}},
-}
-# The paper's data set that a regime stands for: CIFAR overfits, ImageNet underfits.
-PAPER_DATA = {"overfitting": "CIFAR100", "underfitting": "ImageNet", "CIFAR-10": "CIFAR10",
-              "CIFAR-100": "CIFAR100", "ImageNet": "ImageNet"}
+PAPER = PAPER_NUMBERS["tables"]
+PAPER_DATA = PAPER_NUMBERS["data"]
 # Time is normalised to the large (target) network in Table 5, to FRAGrow elsewhere.
 # The run each table's times are normalised to (100 % in the paper's column)
 TIME_REFERENCE = {1: "large", 5: "large", 6: "FRAGrow", 8: "FRAGrow", 9: "FRAGrow circulating",

@@ -14,23 +14,26 @@ import time
 import numpy as np
 import torch
 
-from growcore import results
+from growcore import papers, results
 from growcore.activations import ReLUWithSlopeAtZero
 from growcore.data import Split
 from growcore.how import FireflyOpt, GradMax, GradMaxOpt, Random
 from growcore.losses import LOSSES
 from growcore.models.mlp import MLP, teacher
+from growcore.models.sites import Proposal
 from growcore.ops import widen
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
 from growcore.paths import dataset_dir, missing_dataset_message
+from growcore.plan import GrowthPlan
 from growcore.runtime import DEVICES
-from growcore.stats import TargetNorm, collect, gradient_matrix
-from growcore.train import GrowthPlan, train
+from growcore.stats import Probe, TargetNorm, collect, gradient_matrix
+from growcore.train import train
 from growcore.when import Every
 from growcore.where import FixedSites, GrowToWidths
 
 PRESETS = ("smoke", "cpu", "gpu")
+PAPER_NUMBERS = papers.load("gradmax")  # growcore/papers/gradmax.yml
 TS_METHODS = ("Baseline-Small", "Baseline-Big", "Random", "GradMaxOpt", "GradMax")
 CIFAR_METHODS = ("Baseline-Small", "Baseline-Big", "Random", "Firefly-Opt", "GradMax")
 CIFAR_MODELS = ("vgg11", "wrn28", "mobilenet_v1")
@@ -38,31 +41,8 @@ IMAGE_DATASETS = ("cifar10", "cifar100", "imagenet")
 # The models each data set takes: VGG11 and WRN-28-1 are built for 32x32 inputs; MobileNet-v1
 # has a CIFAR stem (stride 1) and an ImageNet stem (stride 2).
 MODELS_FOR = {"cifar10": CIFAR_MODELS, "cifar100": CIFAR_MODELS, "imagenet": ("mobilenet_v1",)}
-# Paper Table 1: test accuracy (%) mean and std over 3 seeds, as printed in the paper, per
-# data set and model.
-PAPER_TABLE1 = {
-    "cifar10": {
-        "wrn28": {"Baseline-Small": (89.9, 0.3), "Baseline-Big": (92.9, 0.2),
-                  "Random": (90.6, 0.2), "Firefly-Opt": (90.8, 0.3), "GradMax": (91.1, 0.1)},
-        "vgg11": {"Baseline-Small": (84.1, 0.1), "Baseline-Big": (86.6, 0.3),
-                  "Random": (83.8, 0.6), "Firefly-Opt": (84.0, 0.2), "GradMax": (84.4, 0.4)}},
-    "cifar100": {
-        "wrn28": {"Baseline-Small": (63.7, 0.0), "Baseline-Big": (69.3, 0.1),
-                  "Random": (66.7, 0.4), "Firefly-Opt": (66.5, 0.1), "GradMax": (66.8, 0.2)}},
-    "imagenet": {
-        "mobilenet_v1": {"Baseline-Small": (55.0, 0.0), "Baseline-Big": (70.8, 0.0),
-                         "Random": (66.9, 0.3), "Firefly-Opt": (66.4, 0.1),
-                         "GradMax": (68.6, 0.2)}},
-}
-# The paper's schedule behind each row of Table 1 (section 4.2 and Fig. 5)
-PAPER_SCHEDULE = {
-    "cifar10": "width x0.25 grown x4, 200 epochs of 50000 images at batch 128, 12 growths "
-               "every 2500 steps from step 10000",
-    "cifar100": "width x0.25 grown x4, 200 epochs of 50000 images at batch 128, 12 growths "
-                "every 2500 steps from step 10000",
-    "imagenet": "MobileNet-v1 width x0.25 grown x4 at 224 px, batch 512, growths every 5000 "
-                "steps early in training (Fig. 5); epochs and learning rate not given",
-}
+PAPER_TABLE1 = PAPER_NUMBERS["table1"]
+PAPER_SCHEDULE = PAPER_NUMBERS["schedule"]
 TS_EVAL_EVERY = 50  # test MSE of the teacher-student runs every this many steps
 
 PARAMETERS = {
@@ -181,11 +161,11 @@ class Checkpoints:
     """A WHERE wrapper that keeps a copy of the model at every growth (for Figs. 2a and 2c)."""
 
     def __init__(self, where):
-        self.where, self.models = where, []
+        self.where, self.models, self.kind = where, [], where.kind
 
-    def __call__(self, model, split):
+    def __call__(self, model, sites, stats):
         self.models.append(copy.deepcopy(model))
-        return self.where(model, split)
+        return self.where(model, sites, stats)
 
     def describe(self) -> dict:
         return self.where.describe()
@@ -237,6 +217,7 @@ def run_teacher_student(name: str, config: dict, *, directory=None, preset: str 
                     for key in ("growth_time", "final_widths", "n_params")})
     metrics["events"] = [e for row in rows for e in row["events"]]
     metrics["step_time"] = [float(np.diff(row["wall_time"]).mean()) for row in rows]
+    metrics["plan"] = [row["plan"] for row in rows]  # per seed: the initialiser's seed differs
     record = _record(name, config, preset, start, metrics)
     if save:
         record["path"] = str(results.save_record(record, directory or results.results_dir()))
@@ -254,7 +235,7 @@ def _record(name: str, config: dict, preset: str, start: float, metrics: dict,
 def new_unit_gradient_norm(model, how, split: Split) -> float:
     """Grow one hidden unit with ``how`` and return ``||dL/dW_l^new||_F`` by autograd (Fig. 2a)."""
     site = model.width_sites()[0]
-    grown = widen(model, [(site, 1)], how, split).model
+    grown = widen(model, [Proposal(site, 1)], how, Probe(split, "mse")).model
     grown.zero_grad()
     LOSSES["mse"](grown(split.X_train)[None], split.y_train).sum().backward()
     return float(grown.get_submodule(site.producer).weight.grad[-1].norm())
@@ -294,7 +275,7 @@ def fig2c(record: dict, steps: int, norm_scale: float, lr: float) -> list:
             for method, how in (("GradMax", GradMax("mse", norm=norm)),
                                 ("Random", Random(norm, seed=seed))):
                 site = model.width_sites()[0]
-                grown = widen(model, [(site, 1)], how, split).model
+                grown = widen(model, [Proposal(site, 1)], how, Probe(split, "mse")).model
                 _, history = train(grown, split, iterations=steps, lr=lr, loss="mse",
                                    progress=False)
                 losses[method] = np.array(history.as_dict()["loss"][0])
@@ -469,7 +450,8 @@ def run_cifar(name: str, config: dict, split, *, directory=None, preset: str = "
         rows.append({"loss": row["loss"][0], "n_params": row["n_params"],
                      "test_error": _final_error(model, split),
                      "growth_time": times, "step_time": float(np.diff(row["wall_time"]).mean()),
-                     "events": row["events"], "cost_flops": row["cost_flops"][-1]})
+                     "events": row["events"], "cost_flops": row["cost_flops"][-1],
+                     "plan": row["plan"]})
     metrics = {key: [row[key] for row in rows] for key in rows[0] if key != "events"}
     metrics["events"] = [e for row in rows for e in row["events"]]
     record = _record(name, config, preset, start, metrics, device)

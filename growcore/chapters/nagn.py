@@ -14,28 +14,23 @@ import time
 import numpy as np
 import torch
 
-from growcore import results
+from growcore import papers, results
 from growcore.how import KaimingNew
 from growcore.images import augment_cifar, cifar10
 from growcore.models.vgg import VGG
-from growcore.ops import widen
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
+from growcore.plan import GrowthPlan
 from growcore.runtime import DEVICES
 from growcore.stats import NAGNObserver, default_layers, producer_layers
-from growcore.train import GrowthPlan, train
+from growcore.train import train
 from growcore.when import ValidationWindow
 from growcore.where import NAGN
 
 PRESETS = ("smoke", "cpu", "gpu")
-# Fig. 2b of the paper: the twelve configurations
-PAPER_CONFIGURATIONS = [
-    [[2, 2, 2], [4, 4, 4], [8, 8, 8]], [[4, 4, 4], [4, 4, 4], [4, 4, 4]],
-    [[4, 4], [4, 4], [4, 4]], [[4, 4], [8, 8], [8, 8]], [[8, 8], [8, 8], [8, 8]],
-    [[8], [16], [16]], [[4], [4], [16]], [[4], [4], [4]], [[4], [4], [8]], [[4], [8], [16]],
-    [[8], [8], [16]], [[8], [8], [8]]]
-PAPER_RATIOS = {"accuracy": (1.016, 0.020), "time": (0.953, 0.075)}  # mean, std over configs
-
+PAPER_NUMBERS = papers.load("nagn")  # growcore/papers/nagn.yml
+PAPER_CONFIGURATIONS = PAPER_NUMBERS["configurations"]
+PAPER_RATIOS = PAPER_NUMBERS["ratios"]
 PARAMETERS = {
     "preset": Spec(str, choices=PRESETS),
     "n_train": Spec(int, minimum=1),
@@ -156,22 +151,23 @@ def _train_seed(config: dict, seed: int, split, device: str, progress: bool,
     model = VGG(widths, head=model_spec["head"]).to(device)
     per_epoch = math.ceil(config["data"]["n_train"] / opt["batch_size"])
     iterations = config["epochs"] * per_epoch
-    plan, observers, when = None, [], None
+    plan, when = None, None
     if config["growth"] is not None:
         g = config["growth"]
         observer = NAGNObserver(window=g["nagn_window_batches"])
         when = ValidationWindow(g["w_acc"], g["delta_acc"], g["delta_stop"])
         where = NAGN(observer, g["tau"], g["delta_max"], g["fallback_fraction"])
-        plan, observers = GrowthPlan(when, where, KaimingNew(seed), op=widen), [observer]
+        plan = GrowthPlan(when, where, KaimingNew(seed))
     final, history = train(
         model, split, iterations=iterations, lr=opt["lr"], optimizer="adamw",
         weight_decay=opt["weight_decay"], batch_size=opt["batch_size"], plan=plan,
         eval_every=max(1, per_epoch // config["evals_per_epoch"]),
         lr_schedule=lambda t, _history: 0.5 * (1 + math.cos(math.pi * t / iterations)),
-        augment=augment_cifar if config["data"]["augment"] else None, observers=observers,
+        augment=augment_cifar if config["data"]["augment"] else None,
         seed=seed, progress=progress, desc=desc)
     metrics = history.as_dict()
     return {"seed": seed, "widths": widths, "final_widths": final_widths(final),
+            "plan": metrics["plan"],
             "iterations_per_epoch": per_epoch, "evals": metrics["evals"],
             "events": metrics["events"], "wall_time_s": metrics["wall_time"][-1],
             "cost_flops": metrics["cost_flops"][-1], "n_params": metrics["n_params"][-1],

@@ -10,7 +10,7 @@ from growcore.experiments import spiral_config
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
 from growcore.runtime import DEVICES
-from growcore.where import NORMALISATIONS
+from growcore.stats import NORMALISATIONS
 
 PRESETS = ("smoke", "cpu", "gpu")
 

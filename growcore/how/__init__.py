@@ -5,17 +5,17 @@ FireflyOpt) and :mod:`~growcore.how.depth` (new layers and blocks: IdentityLayer
 BlockInit).
 """
 
-from growcore.how.depth import (
-    INITS,
-    BlockInit,
-    BlockKind,
-    IdentityLayer,
-    he_init,
-    register_block_kind,
-)
+from growcore.how.depth import INITS, BlockInit, IdentityLayer
 from growcore.how.width import FireflyOpt, GradMax, GradMaxOpt, KaimingNew, Random, Zero
 
 __all__ = [
-    "INITS", "BlockInit", "BlockKind", "FireflyOpt", "GradMax", "GradMaxOpt", "IdentityLayer",
-    "KaimingNew", "Random", "Zero", "he_init", "register_block_kind",
+    "INITS",
+    "BlockInit",
+    "FireflyOpt",
+    "GradMax",
+    "GradMaxOpt",
+    "IdentityLayer",
+    "KaimingNew",
+    "Random",
+    "Zero",
 ]

@@ -1,6 +1,8 @@
 """HOW for width growth: initialisers of new units, for :func:`growcore.ops.widen.widen`.
 
-Protocol ``how(model, site, k, split) -> NewUnits`` (layouts in :mod:`growcore.ops.widen`).
+Protocol ``how(model, proposal, stats) -> NewUnits``: ``proposal.amount`` new units at the width
+site ``proposal.site`` (layouts in :mod:`growcore.ops.widen`); ``stats`` is the growth step's
+:class:`growcore.stats.Probe` (the training data and loss), read by the data-driven ones.
 
 * GradMax (Evci et al. 2022, eq. (11)): incoming weights zero, outgoing weights the top-k left
   singular vectors of the gradient matrix (:mod:`growcore.stats.gradmax`); GradMaxOpt, its
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +27,7 @@ from torch import nn
 from growcore.activations import ACTIVATIONS
 from growcore.data import Split
 from growcore.losses import LOSSES, as_seed_batch
+from growcore.models.sites import Proposal
 from growcore.ops.widen import NewUnits, unit_sizes, widen
 from growcore.stats.gradmax import (
     GradientMatrices,
@@ -35,6 +39,7 @@ from growcore.stats.gradmax import (
     outgoing_norms,
     unit_inputs,
 )
+from growcore.stats.probe import Probe, data_of, loss_of
 
 
 @dataclass
@@ -50,8 +55,9 @@ class GradMax:
 
     Parameters
     ----------
-    loss : str
-        ``"mse"`` or ``"cross_entropy"``: the training loss L.
+    loss : str, optional
+        ``"mse"`` or ``"cross_entropy"``: the loss L of the statistic; None (default) takes
+        the training loss of the growth step's probe.
     batch_size : int, optional
         None: the statistic over the whole training set; an int: over one random minibatch.
     norm : TargetNorm
@@ -66,7 +72,9 @@ class GradMax:
         Seed of the minibatch draws.
     """
 
-    loss: str = "cross_entropy"
+    kind: ClassVar[str] = "width"
+
+    loss: str | None = None
     batch_size: int | None = None
     norm: TargetNorm = field(default_factory=TargetNorm)
     conv_matrix: str = "exact"
@@ -75,16 +83,18 @@ class GradMax:
 
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.matrices = GradientMatrices(self.loss, self.batch_size, self.conv_matrix,
-                                         self.generator)
+        self.matrices = GradientMatrices(self.batch_size, self.conv_matrix, self.generator)
 
-    def matrix(self, model: nn.Module, site, split: Split) -> torch.Tensor:
-        """The gradient matrix of ``site`` (:class:`growcore.stats.gradmax.GradientMatrices`)."""
-        return self.matrices(model, site, split)
+    def matrix(self, model: nn.Module, site, split: Split, loss: str | None = None
+               ) -> torch.Tensor:
+        """The gradient matrix of ``site`` (:class:`growcore.stats.gradmax.GradientMatrices`)
+        under this part's loss, else ``loss`` (the training loss)."""
+        return self.matrices(model, site, split, loss_of(None, self.loss or loss))
 
-    def __call__(self, model: nn.Module, site, k: int, split: Split) -> NewUnits:
+    def __call__(self, model: nn.Module, proposal: Proposal, stats: Probe) -> NewUnits:
+        site, k = proposal.site, proposal.amount
         D, o, R = unit_sizes(model, site)
-        G = self.matrix(model, site, split)
+        G = self.matrix(model, site, data_of(stats, self), loss_of(stats, self.loss))
         U, S, _ = torch.linalg.svd(G, full_matrices=False)
         self.singular_values[site] = S.detach().cpu()
         c = self.norm(outgoing_norms(model, site))
@@ -96,7 +106,7 @@ class GradMax:
     def describe(self) -> dict:
         return {"how": "GradMax", "loss": self.loss, "batch_size": self.batch_size,
                 "scale": self.norm.scale, "value": self.norm.value,
-                "conv_matrix": self.conv_matrix}
+                "conv_matrix": self.conv_matrix, "seed": self.seed}
 
 
 @dataclass
@@ -113,7 +123,9 @@ class GradMaxOpt:
     solution; the incoming target norm is relative to the existing incoming norms.
     """
 
-    loss: str = "cross_entropy"
+    kind: ClassVar[str] = "width"
+
+    loss: str | None = None
     batch_size: int | None = None
     norm: TargetNorm = field(default_factory=TargetNorm)
     steps: int = 100
@@ -125,9 +137,12 @@ class GradMaxOpt:
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.seed)
 
-    def __call__(self, model: nn.Module, site, k: int, split: Split) -> NewUnits:
+    def __call__(self, model: nn.Module, proposal: Proposal, stats: Probe) -> NewUnits:
+        site, k = proposal.site, proposal.amount
         D, o, R = unit_sizes(model, site)
-        data = collect(model, [site], split, self.loss, self.batch_size, self.generator)[site]
+        split = data_of(stats, self)
+        data = collect(model, [site], split, loss_of(stats, self.loss), self.batch_size,
+                       self.generator)[site]
         if self.inverse:
             return self._inverse(model, site, k, data, D, o, R)
         G = gradient_matrix(model, site, data)
@@ -168,7 +183,8 @@ class GradMaxOpt:
     def describe(self) -> dict:
         return {"how": "GradMaxOpt", "loss": self.loss, "batch_size": self.batch_size,
                 "scale": self.norm.scale, "value": self.norm.value, "steps": self.steps,
-                "lr": self.lr, "inverse": self.inverse}
+                "lr": self.lr, "inverse": self.inverse, "activation": self.activation,
+                "seed": self.seed}
 
 
 @dataclass
@@ -177,6 +193,8 @@ class Random:
     outgoing weights Gaussian, each unit scaled to the same target norm as GradMax; with
     ``inverse=True`` outgoing zero and incoming random (paper Table 2)."""
 
+    kind: ClassVar[str] = "width"
+
     norm: TargetNorm = field(default_factory=TargetNorm)
     inverse: bool = False
     seed: int = 0
@@ -184,7 +202,9 @@ class Random:
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.seed)
 
-    def __call__(self, model: nn.Module, site, k: int, split: Split | None = None) -> NewUnits:
+    def __call__(self, model: nn.Module, proposal: Proposal, stats: Probe | None = None
+                 ) -> NewUnits:
+        site, k = proposal.site, proposal.amount
         D, o, R = unit_sizes(model, site)
         like = model.get_submodule(site.producer).weight
         if self.inverse:
@@ -198,14 +218,18 @@ class Random:
 
     def describe(self) -> dict:
         return {"how": "Random", "scale": self.norm.scale, "value": self.norm.value,
-                "inverse": self.inverse}
+                "inverse": self.inverse, "seed": self.seed}
 
 
 @dataclass
 class Zero:
     """Both sides zero: the new units never receive a gradient (with a zero bias)."""
 
-    def __call__(self, model: nn.Module, site, k: int, split: Split | None = None) -> NewUnits:
+    kind: ClassVar[str] = "width"
+
+    def __call__(self, model: nn.Module, proposal: Proposal, stats: Probe | None = None
+                 ) -> NewUnits:
+        site, k = proposal.site, proposal.amount
         D, o, R = unit_sizes(model, site)
         like = model.get_submodule(site.producer).weight.detach()
         return NewUnits(like.new_zeros(k, D), like.new_zeros(o, k, R))
@@ -225,7 +249,9 @@ class FireflyOpt:
     projected back to its norm after every step. The output changes by O(epsilon).
     """
 
-    loss: str = "cross_entropy"
+    kind: ClassVar[str] = "width"
+
+    loss: str | None = None
     batch_size: int | None = 128
     norm: TargetNorm = field(default_factory=TargetNorm)
     epsilon: float = 1e-4
@@ -236,13 +262,15 @@ class FireflyOpt:
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.seed)
 
-    def __call__(self, model: nn.Module, site, k: int, split: Split) -> NewUnits:
+    def __call__(self, model: nn.Module, proposal: Proposal, stats: Probe) -> NewUnits:
+        site, k = proposal.site, proposal.amount
+        split = data_of(stats, self)
         seed = int(torch.randint(2**31, (1,), generator=self.generator))
-        start = Random(self.norm, inverse=True, seed=seed)(model, site, k, split)
-        direction = Random(TargetNorm(value=self.epsilon), seed=seed + 1)(model, site, k)
+        start = Random(self.norm, inverse=True, seed=seed)(model, proposal)
+        direction = Random(TargetNorm(value=self.epsilon), seed=seed + 1)(model, proposal)
         W_in = start.incoming.clone().requires_grad_(True)
         W_out = direction.outgoing.clone().requires_grad_(True)
-        grown = widen(model, [(site, k)], lambda *args: NewUnits(W_in.detach(),
+        grown = widen(model, [proposal], lambda *args: NewUnits(W_in.detach(),
                                                                   W_out.detach())).model
         old_in = model.get_submodule(site.producer).weight.detach()
         old_out = model.get_submodule(site.consumer).weight.detach()
@@ -258,7 +286,7 @@ class FireflyOpt:
                                 dim=1)}
             out = torch.func.functional_call(grown, params, (X,))
             opt.zero_grad()
-            LOSSES[self.loss](as_seed_batch(out), y).sum().backward()
+            LOSSES[loss_of(stats, self.loss)](as_seed_batch(out), y).sum().backward()
             opt.step()
             with torch.no_grad():
                 W_in.mul_(c_in / W_in.norm(dim=1, keepdim=True).clamp_min(1e-30))
@@ -267,13 +295,13 @@ class FireflyOpt:
 
     def describe(self) -> dict:
         return {"how": "FireflyOpt", "loss": self.loss, "batch_size": self.batch_size,
-                "scale": self.norm.scale, "epsilon": self.epsilon, "steps": self.steps,
-                "lr": self.lr}
+                "scale": self.norm.scale, "value": self.norm.value, "epsilon": self.epsilon,
+                "steps": self.steps, "lr": self.lr, "seed": self.seed}
 
 
 # ---------------------------------------------------------------- how: eq. (1)
 class KaimingNew:
-    """The NAGN initialiser of new units (eq. 1), a ``how`` for :func:`growcore.widen.widen`.
+    """The NAGN initialiser of new units (eq. 1), a ``how`` for :func:`growcore.ops.widen.widen`.
 
     The incoming weights of the new units (``W^new2``) are drawn from a zero-centred normal
     with variance ``2 / n_l`` for a dense layer and ``2 / (n_l k_l^2)`` for a convolution,
@@ -289,13 +317,20 @@ class KaimingNew:
         Seed of the generator of the new weights (drawn on the CPU, so portable).
     """
 
+    kind: ClassVar[str] = "width"
+
     def __init__(self, seed: int = 0):
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, model: nn.Module, site, k: int, split=None) -> NewUnits:
+    def __call__(self, model: nn.Module, proposal: Proposal, stats: Probe | None = None
+                 ) -> NewUnits:
+        site, k = proposal.site, proposal.amount
         D, o, R = unit_sizes(model, site)
         like = model.get_submodule(site.producer).weight
         incoming = torch.randn(k, D, generator=self.generator, dtype=torch.float64)
         incoming = (incoming * math.sqrt(2 / D)).to(like)
         return NewUnits(incoming, like.new_zeros(o, k, R))
+
+    def describe(self) -> dict:
+        return {"how": "KaimingNew", "seed": self.seed}

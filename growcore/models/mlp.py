@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from growcore.activations import ACTIVATIONS
-from growcore.models.sites import WidthSite
+from growcore.models.sites import DepthSite, WidthSite
 
 
 class MLP(nn.Module):
@@ -59,6 +59,17 @@ class MLP(nn.Module):
         """One site per hidden layer, in forward order."""
         return [WidthSite(f"layers.{i}", None, f"layers.{i + 1}")
                 for i in range(len(self.layers) - 1)]
+
+    def depth_sites(self) -> list[DepthSite]:
+        """After every hidden layer: a new ``Linear`` at index ``i + 1`` of ``layers`` reads
+        ``f(z_i)`` and is followed by ``f`` (the forward pass applies ``f`` after every layer
+        but the last), so the identity keeps the function when ``f`` is idempotent."""
+        return [DepthSite("layers", i + 1, "plain", self.layers[i].out_features,
+                          activation=self.activation) for i in range(len(self.layers) - 1)]
+
+    def growth_sites(self) -> list:
+        """Width sites, then depth sites."""
+        return [*self.width_sites(), *self.depth_sites()]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

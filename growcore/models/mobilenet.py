@@ -44,6 +44,12 @@ def _scale(channels: int, width: float, divisor: int) -> int:
 class SeparableBlock(nn.Module):
     """MobileNet-v1 block: depthwise 3x3 (``dw``) then pointwise 1x1 (``pw``), each + BN + act."""
 
+    growth_style = "plain"
+
+    def growth_activation(self) -> nn.Module:
+        """The activation that ends the block (what a block inserted after it reads)."""
+        return self.pw[2]
+
     def __init__(self, in_channels: int, out_channels: int, stride: int,
                  activation: Activation):
         super().__init__()
@@ -99,6 +105,8 @@ class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expansion (``expand``, absent when t = 1), depthwise 3x3
     (``dw``), linear 1x1 projection (``project``, no activation); residual when shapes match.
     """
+
+    growth_style = "residual"  # a block appended to a stage keeps its shape: residual
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int,
                  activation: Activation):

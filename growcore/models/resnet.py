@@ -16,7 +16,7 @@ from torch import nn
 
 from growcore.images import CIFAR10_MEAN, CIFAR10_STD, Standardize
 from growcore.models.flops import Measured
-from growcore.models.sites import WidthSite
+from growcore.models.sites import WidthSite, stage_sites
 
 Activation = Callable[[], nn.Module]
 FRAGROW_RESNET_WIDTHS = (64, 128, 256, 512)
@@ -60,6 +60,10 @@ class ImageModel(Measured, nn.Module):
         return [f"stages.{s}.{b}" for s, stage in enumerate(self.stages)
                 for b in range(len(stage))]
 
+    def growth_sites(self) -> list:
+        """Width sites (:meth:`width_sites`), then one depth site at the end of every stage."""
+        return [*self.width_sites(), *stage_sites(self)]
+
 
 class WideBasicBlock(nn.Module):
     """Pre-activation block of Zagoruyko and Komodakis (2016).
@@ -68,6 +72,8 @@ class WideBasicBlock(nn.Module):
     conv of the pre-activated input when the shape changes. ``conv1`` has ``inner`` channels
     (GradMax's block width x0.25 shrinks only these).
     """
+
+    growth_style = "residual"  # a new block with conv2 = 0 is the identity
 
     def __init__(self, in_channels: int, inner: int, out_channels: int, stride: int,
                  activation: Activation):
@@ -141,6 +147,8 @@ class BasicBlock(nn.Module):
     changes. With ``bn2``'s scale and shift at 0 an identity-shortcut block computes
     ``act(x)``, which is ``x`` after a ReLU: FRAGrow's function-preserving insertion option.
     """
+
+    growth_style = "residual"
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
                  activation: Activation = nn.ReLU):

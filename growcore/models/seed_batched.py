@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from growcore.activations import ACTIVATIONS
+from growcore.models.sites import DepthSite
 
 Layer = dict[str, torch.Tensor]
 
@@ -149,6 +150,13 @@ class SeedBatchedFNN(SeedBatchedNet):
         # ReLU hidden layer, so k runs over the hidden layers 1..L.
         return list(range(1, len(self.hidden) + 1))
 
+    def growth_sites(self) -> list[DepthSite]:
+        """A plain depth site after every hidden layer (SensLI's positions ``k``); the
+        seed-batched nets do not grow in width."""
+        return [DepthSite("hidden", self.insertion_index(k), "plain", self.width_at(k),
+                          activation=self.activation, position=k)
+                for k in self.insertion_positions()]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every seed: x [N, d] or [S, N, d] -> [S, N, c]."""
         x = _seed_inputs(x, self.n_seeds)
@@ -230,6 +238,12 @@ class SeedBatchedResNet(SeedBatchedNet):
         # (k = 1..L-1); ``include_last`` also allows k = L (before the output map).
         L = len(self.blocks) + 1
         return list(range(1, L + (1 if include_last else 0)))
+
+    def growth_sites(self) -> list[DepthSite]:
+        """A residual depth site between every two hidden layers (SensLI's positions ``k``,
+        section 3.3); the seed-batched nets do not grow in width."""
+        return [DepthSite("blocks", self.insertion_index(k), "residual", self.width_at(k),
+                          position=k) for k in self.insertion_positions()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every seed: x [N, d] or [S, N, d] -> [S, N, c]."""

@@ -25,7 +25,7 @@ from torch import nn
 from growcore.images import CIFAR10_MEAN, CIFAR10_STD, Standardize
 from growcore.models.flops import Measured
 from growcore.models.resnet import init_weights
-from growcore.models.sites import WidthSite
+from growcore.models.sites import WidthSite, stage_sites
 
 VGG11 = ((64,), (128,), (256, 256), (512, 512), (512, 512))
 FRAGROW_VGG_WIDTHS = (64, 128, 256, 512, 512)
@@ -34,6 +34,12 @@ NAGN_EXAMPLE = ((8, 3, 8), (16, 4, 16), (32, 4, 32))  # NAGN Fig. 1
 
 class ConvBlock(nn.Module):
     """``conv -> BatchNorm -> activation``; the unit a staged VGG adds when it grows deeper."""
+
+    growth_style = "plain"  # no shortcut: an identity block needs an idempotent activation
+
+    def growth_activation(self) -> nn.Module:
+        """The activation that ends the block (what a block inserted after it reads)."""
+        return self.act
 
     def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True,
                  activation: Callable[[], nn.Module] = nn.ReLU, stride: int = 1):
@@ -178,6 +184,10 @@ class VGG(Measured, nn.Module):
         """``(conv, norm)`` module names of every conv block, in forward order."""
         return [(f"stages.{s}.{i}.conv", f"stages.{s}.{i}.bn" if block.bn is not None else None)
                 for s, stage in enumerate(self.stages) for i, block in enumerate(stage)]
+
+    def growth_sites(self) -> list:
+        """Width sites (:meth:`width_sites`), then one depth site at the end of every stage."""
+        return [*self.width_sites(), *stage_sites(self)]
 
     def width_sites(self) -> list[WidthSite]:
         """Every conv (it feeds the next conv or the classifier) and every hidden linear.

@@ -7,17 +7,33 @@ Every operator returns a :class:`~growcore.ops.base.Growth`.
 
 from growcore.ops.base import Growth
 from growcore.ops.insert import (
-    BlockGrowth,
     LayerInsertion,
-    add_blocks,
+    ModuleInsertion,
+    at_positions,
     identity_layer,
+    identity_module,
     insert_layers,
+    insert_modules,
 )
 from growcore.ops.optim import OPTIMIZERS, GrowThenCosine, make_optimizer, rebuild_optimizer
 from growcore.ops.widen import NewUnits, WidthGrowth, unit_sizes, widen, width
 
 __all__ = [
-    "OPTIMIZERS", "BlockGrowth", "GrowThenCosine", "Growth", "LayerInsertion", "NewUnits",
-    "WidthGrowth", "add_blocks", "identity_layer", "insert_layers", "make_optimizer",
-    "rebuild_optimizer", "unit_sizes", "widen", "width",
+    "OPTIMIZERS",
+    "GrowThenCosine",
+    "Growth",
+    "LayerInsertion",
+    "ModuleInsertion",
+    "NewUnits",
+    "WidthGrowth",
+    "at_positions",
+    "identity_layer",
+    "identity_module",
+    "insert_layers",
+    "insert_modules",
+    "make_optimizer",
+    "rebuild_optimizer",
+    "unit_sizes",
+    "widen",
+    "width",
 ]

@@ -16,8 +16,9 @@ scale 1,
 shift 0, running mean 0 and running variance 1: in eval mode it maps 0 to 0, and in train mode
 a channel that is 0 for every example has batch mean 0 and normalises to 0.
 
-The *how* protocol: an initialiser is a callable ``how(model, site, k, split) -> NewUnits``
-that returns the new incoming and outgoing weights in a layout shared by Linear and Conv2d:
+The *how* protocol: an initialiser is a callable ``how(model, proposal, stats) -> NewUnits``
+that returns the ``proposal.amount = k`` new units' incoming and outgoing weights in a layout
+shared by Linear and Conv2d:
 
 * ``incoming`` ``[k, D]``, with D = ``producer.weight[0].numel()`` (for a Conv2d: the
   ``c * kh * kw`` entries of one filter in its memory order);
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from growcore.models.sites import Proposal
 from growcore.ops.base import Growth
 
 
@@ -96,26 +98,28 @@ def width(model: nn.Module, site) -> int:
     return producer.out_channels if isinstance(producer, nn.Conv2d) else producer.out_features
 
 
-def widen(model: nn.Module, sites: Sequence[tuple[object, int]], how, split=None) -> WidthGrowth:
-    """Add units at width sites; the spine's operator signature ``op(model, sites, how, split)``.
+def widen(model: nn.Module, proposals: Sequence[Proposal], how, stats=None) -> WidthGrowth:
+    """Add units at width sites: the operator for width growth.
 
     Parameters
     ----------
     model : nn.Module
         Left unchanged: the grown model is a deep copy with the widened modules replaced.
-    sites : list of (WidthSite, int)
-        The sites to grow and by how many units each.
-    how : callable ``(model, site, k, split) -> NewUnits``
-        The initialiser (e.g. :class:`growcore.gradmax.GradMax`), called on the model before
-        any site grows, so several sites see the same statistics.
-    split : Split, optional
-        Training data, passed on to data-driven initialisers.
+    proposals : list of Proposal
+        Width sites (:class:`growcore.models.sites.WidthSite`) and how many units each gains;
+        proposals of 0 units are skipped.
+    how : callable ``(model, proposal, stats) -> NewUnits``
+        The initialiser (e.g. :class:`growcore.how.GradMax`), called on the model before any
+        site grows, so several sites see the same statistics.
+    stats : optional
+        What data-driven initialisers read (:class:`growcore.stats.Probe`: the training data
+        and the loss).
 
     Returns
     -------
     WidthGrowth
     """
-    units = [(site, k, how(model, site, k, split)) for site, k in sites if k > 0]
+    units = [(p.site, p.amount, how(model, p, stats)) for p in proposals if p.amount > 0]
     for site, k, new in units:
         _check_shapes(model, site, k, new)
     grown = copy.deepcopy(model)
@@ -127,7 +131,7 @@ def widen(model: nn.Module, sites: Sequence[tuple[object, int]], how, split=None
         changed |= _grow_producer(grown, site.producer, new)
         if site.norm is not None:
             changed |= _grow_norm(grown, site.norm, k)
-        for conv, norm in getattr(site, "depthwise", ()):
+        for conv, norm in site.depthwise:
             changed |= _grow_depthwise(grown, conv, k)
             if norm is not None:
                 changed |= _grow_norm(grown, norm, k)

@@ -7,7 +7,7 @@ gradients), :mod:`~growcore.stats.moments` (parameter moving averages).
 
 from growcore.stats.gradmax import (
     CHUNK,
-    FULL_CHUNK,
+    CONV_MATRICES,
     GradientMatrices,
     SiteData,
     TargetNorm,
@@ -28,11 +28,34 @@ from growcore.stats.nagn import (
     nagn_from_sums,
     producer_layers,
 )
-from growcore.stats.virtual import extended_gradients
+from growcore.stats.probe import FULL_CHUNK, Probe, data_of, loss_of
+from growcore.stats.virtual import NORMALISATIONS, extended_gradients, module_merits
 
 __all__ = [
-    "CHUNK", "FULL_CHUNK", "GradientMatrices", "MomentTracker", "NAGNObserver", "SiteData",
-    "TargetNorm", "auxiliary_applies", "auxiliary_kernel_matrix", "collect", "default_layers",
-    "extended_gradients", "gradient_matrix", "incoming_gradient_norm", "incoming_norms",
-    "nagn_direct", "nagn_from_sums", "outgoing_norms", "producer_layers", "unit_inputs",
+    "CHUNK",
+    "CONV_MATRICES",
+    "FULL_CHUNK",
+    "NORMALISATIONS",
+    "GradientMatrices",
+    "MomentTracker",
+    "NAGNObserver",
+    "Probe",
+    "SiteData",
+    "TargetNorm",
+    "auxiliary_applies",
+    "auxiliary_kernel_matrix",
+    "collect",
+    "data_of",
+    "default_layers",
+    "extended_gradients",
+    "gradient_matrix",
+    "incoming_gradient_norm",
+    "incoming_norms",
+    "loss_of",
+    "module_merits",
+    "nagn_direct",
+    "nagn_from_sums",
+    "outgoing_norms",
+    "producer_layers",
+    "unit_inputs",
 ]

@@ -37,12 +37,14 @@ from torch import nn
 
 from growcore.data import Split
 from growcore.losses import LOSSES, as_seed_batch
+from growcore.models.sites import width_sites
 from growcore.ops.widen import unit_sizes, width
+from growcore.stats.probe import FULL_CHUNK
 
+CONV_MATRICES = ("exact", "auxiliary")
 CHUNK = 16  # examples per chunk when contracting convolution patches (memory bound)
 
 
-FULL_CHUNK = 1024  # examples per forward pass when the statistic covers the whole data set
 
 
 @dataclass
@@ -266,8 +268,6 @@ class GradientMatrices:
 
     Parameters
     ----------
-    loss : str
-        ``"mse"`` or ``"cross_entropy"``: the training loss L.
     batch_size : int, optional
         None: the statistic over the whole training set; an int: over one random minibatch.
     conv_matrix : str
@@ -277,19 +277,23 @@ class GradientMatrices:
         Source of the minibatch draws.
     """
 
-    def __init__(self, loss: str, batch_size: int | None, conv_matrix: str,
-                 generator: torch.Generator):
-        self.loss, self.batch_size, self.conv_matrix = loss, batch_size, conv_matrix
-        self.generator = generator
-        self._cached: tuple = (lambda: None, None, {})  # (model, parameter versions, data)
+    def __init__(self, batch_size: int | None, conv_matrix: str, generator: torch.Generator):
+        if conv_matrix not in CONV_MATRICES:
+            raise ValueError(f"conv_matrix must be one of {CONV_MATRICES}, got {conv_matrix!r}")
+        self.batch_size, self.conv_matrix, self.generator = batch_size, conv_matrix, generator
+        self._cached: tuple = (lambda: None, None, {})  # (model, versions and loss, data)
 
-    def __call__(self, model: nn.Module, site, split: Split) -> torch.Tensor:
-        versions = tuple(p._version for p in model.parameters())
+    def __call__(self, model: nn.Module, site, split: Split, loss: str) -> torch.Tensor:
+        """The matrix of ``site`` under the training loss ``loss``."""
+        versions = (tuple(p._version for p in model.parameters()), loss, id(split))
         ref, cached_versions, cached = self._cached
         if ref() is not model or cached_versions != versions or site not in cached:
-            sites = model.width_sites() if hasattr(model, "width_sites") else [site]
+            try:
+                sites = width_sites(model)
+            except TypeError:  # a model that lists no sites: this one alone
+                sites = []
             sites = sites if site in sites else [site]
-            cached = collect(model, sites, split, self.loss, self.batch_size, self.generator)
+            cached = collect(model, sites, split, loss, self.batch_size, self.generator)
             self._cached = (weakref.ref(model), versions, cached)
         data = cached[site]
         conv = isinstance(model.get_submodule(site.consumer), nn.Conv2d)

@@ -13,6 +13,8 @@ from collections import deque
 import torch
 from torch import nn
 
+from growcore.models.sites import width_sites
+
 
 # ---------------------------------------------------------------- the statistic itself
 def nagn_from_sums(square_sums, counts) -> torch.Tensor:
@@ -40,24 +42,27 @@ def nagn_from_sums(square_sums, counts) -> torch.Tensor:
 def default_layers(model: nn.Module) -> list[nn.Module]:
     """The modules whose outputs are the pre-activations ``z_l``, forward order, output last.
 
-    For a model with ``width_sites()`` (the VGG nets): each site's BatchNorm if it has one,
-    else its producer, then the consumer of the last site (the output layer). The BatchNorm
+    For a model with width sites (every model of :mod:`growcore.models`, a model defining
+    ``width_sites()``, an ``nn.Sequential`` by inspection): each site's BatchNorm if it has
+    one, else its producer, then the consumer of the last site (the output layer). The BatchNorm
     output is what the activation reads; the paper treats normalisation as "implicit
     operations between indices" without saying on which side of it ``z_l`` lies. We take the
     activation's input because it does not depend on the scale of the convolution's weights,
     which BatchNorm cancels (see :func:`producer_layers` for the other reading). Any other
     model gives all its ``Linear`` and ``Conv2d`` modules in registration order.
     """
-    if not hasattr(model, "width_sites"):
+    listed = (hasattr(model, "growth_sites") or hasattr(model, "width_sites")
+              or isinstance(model, nn.Sequential))
+    sites = width_sites(model) if listed else []
+    if not sites:
         return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    sites = model.width_sites()
     names = [site.norm or site.producer for site in sites] + [sites[-1].consumer]
     return [model.get_submodule(name) for name in names]
 
 
 def producer_layers(model: nn.Module) -> list[nn.Module]:
     """Like :func:`default_layers` but before BatchNorm: ``z_l = W_l h_{l-1} + b_l`` literally."""
-    sites = model.width_sites()
+    sites = width_sites(model)
     return [model.get_submodule(name)
             for name in [site.producer for site in sites] + [sites[-1].consumer]]
 

@@ -1,17 +1,57 @@
-"""The frame of every when-policy: ``policy(iteration, history) -> bool``, and the epoch frame.
+"""The frame of every when-policy, ``policy(state: TrainState) -> bool``, and the epoch frame.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
+from torch import nn
 
 from growcore.when.formulas import max_interval
 
 
-class WhenPolicy:
-    """Base class of the when-policies."""
+@dataclass
+class TrainState:
+    """What a when-policy reads, once per iteration before that iteration's update.
 
-    def __call__(self, iteration: int, history) -> bool:
+    Attributes
+    ----------
+    iteration : int
+        Updates done so far.
+    history : growcore.train.History
+        What the loop recorded: ``evals`` (evaluations, with training and validation
+        errors), ``events`` (the growth steps so far), per-iteration losses.
+    model : nn.Module, optional
+        The network as it is now (LipGrow reads its weights).
+    iterations_per_epoch : int, optional
+        Updates per pass over the training data.
+    """
+
+    iteration: int
+    history: object = None
+    model: nn.Module | None = None
+    iterations_per_epoch: int | None = None
+
+    @property
+    def epoch(self) -> float | None:
+        """Epochs done so far (None if the loop does not know the epoch length)."""
+        if self.iterations_per_epoch is None:
+            return None
+        return self.iteration / self.iterations_per_epoch
+
+
+class WhenPolicy:
+    """Base class of the when-policies: ``policy(state: TrainState) -> bool``.
+
+    Each policy's docstring says which unit its parameters count in (iterations, epochs or
+    evaluations).
+    """
+
+    unit: ClassVar[str] = "iterations"  # what the policy's intervals count
+
+    def __call__(self, state: TrainState) -> bool:
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -56,7 +96,11 @@ class EpochPolicy(WhenPolicy):
         Blocks between the seed and the target network (``n`` of eq. 4).
     total_epochs, finetune_min : float
         ``E_T`` and ``E_F_min``.
+
+    Unit: intervals and totals count in epochs (``iterations_per_epoch`` updates each).
     """
+
+    unit: ClassVar[str] = "epochs"
 
     def __init__(self, iterations_per_epoch: int, n_blocks: int, total_epochs: float,
                  finetune_min: float):
@@ -66,12 +110,12 @@ class EpochPolicy(WhenPolicy):
         self.total_epochs, self.finetune_min = total_epochs, finetune_min
         self.i_max = max_interval(total_epochs, finetune_min, n_blocks)
 
-    def __call__(self, iteration: int, history) -> bool:
-        if iteration == 0 or blocks_added(history) >= self.n_blocks:
+    def __call__(self, state: TrainState) -> bool:
+        if state.iteration == 0 or blocks_added(state.history) >= self.n_blocks:
             return False
-        return self.ready(iteration, history)
+        return self.ready(state.iteration, state.history, state)
 
-    def ready(self, iteration: int, history) -> bool:
+    def ready(self, iteration: int, history, state: TrainState) -> bool:
         raise NotImplementedError
 
     def overdue(self, iteration: int, history) -> bool:

@@ -51,7 +51,7 @@ class FRAGrow(EpochPolicy):
             self.trace.append((iteration, orl, interval))
         return interval
 
-    def ready(self, iteration: int, history) -> bool:
+    def ready(self, iteration: int, history, state=None) -> bool:
         if self.overdue(iteration, history):
             return True
         last = history.events[-1]["iteration"] if history.events else -1
@@ -83,11 +83,10 @@ class LipGrow(EpochPolicy):
     """LipGrow (Dong et al. 2020): grow when the model's Lipschitz estimate has risen by the
     factor ``tolerance`` over its value just after the last growth; each growth halves the
     excess tolerance (``1 + (tolerance - 1) / 2``), as in the authors' code. Pair it with a
-    where-rule that doubles the blocks (:class:`growcore.blocks.StageOrder` with
+    where-rule that doubles the blocks (:class:`growcore.where.StageOrder` with
     ``per_growth="double"``).
 
-    The policy reads the model, so pass it to ``train(..., observers=[policy])`` too: the
-    loop attaches it to the current (grown) model. The estimate (the largest
+    The policy reads the current (grown) model from the training state. The estimate (the largest
     :func:`lipschitz_bound` over the blocks) is taken at every epoch boundary and kept in
     ``self.trace`` as ``(iteration, estimate)``.
     """
@@ -97,20 +96,18 @@ class LipGrow(EpochPolicy):
         super().__init__(iterations_per_epoch, n_blocks, total_epochs, finetune_min)
         if tolerance <= 1:
             raise ValueError(f"tolerance must be > 1, got {tolerance}")
-        self.tolerance, self.model, self.base, self.trace = tolerance, None, None, []
+        self.tolerance, self.base, self.trace = tolerance, None, []
+        self._model = None  # the network the base estimate belongs to
 
-    def attach(self, model: nn.Module) -> None:
-        self.model, self.base = unwrap(model), None
-
-    def detach(self) -> None:
-        self.model = None
-
-    def ready(self, iteration: int, history) -> bool:
+    def ready(self, iteration: int, history, state=None) -> bool:
         if self.overdue(iteration, history):
             return True
-        if iteration % self.iterations_per_epoch or self.model is None:
+        model = unwrap(state.model) if state is not None and state.model is not None else None
+        if model is not self._model:  # a new network (the start, or a growth): a new base
+            self._model, self.base = model, None
+        if iteration % self.iterations_per_epoch or model is None:
             return False
-        estimate = max(lipschitz_bound(block) for stage in stages(self.model) for block in stage)
+        estimate = max(lipschitz_bound(block) for stage in stages(model) for block in stage)
         self.trace.append((iteration, estimate))
         if self.base is None:
             self.base = estimate

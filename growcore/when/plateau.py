@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
-from growcore.when.base import EpochPolicy, WhenPolicy, _mean
+from growcore.when.base import EpochPolicy, TrainState, WhenPolicy, _mean
 
 
 class Convergent(EpochPolicy):
@@ -21,7 +23,7 @@ class Convergent(EpochPolicy):
             raise ValueError(f"patience must be >= 1, got {patience}")
         self.patience, self.min_delta = patience, min_delta
 
-    def ready(self, iteration: int, history) -> bool:
+    def ready(self, iteration: int, history, state=None) -> bool:
         if self.overdue(iteration, history):
             return True
         if iteration % self.iterations_per_epoch:
@@ -52,7 +54,11 @@ class ValidationWindow(WhenPolicy):
 
     The policy answers once per new evaluation; ``triggers`` and ``stopped_at`` record its
     decisions (iteration, ``A_curr``).
+
+    Unit: the windows count evaluations (one every ``eval_every`` iterations of the loop).
     """
+
+    unit: ClassVar[str] = "evaluations"
 
     def __init__(self, w_acc: int = 3, delta_acc: float = 3e-3, delta_stop: float = 5e-2,
                  max_growths: int | None = None):
@@ -65,8 +71,8 @@ class ValidationWindow(WhenPolicy):
         self._seen = 0
         self._since = 0  # index in history.evals of the first evaluation after the last growth
 
-    def __call__(self, iteration: int, history) -> bool:
-        evals = history.evals
+    def __call__(self, state: TrainState) -> bool:
+        iteration, evals = state.iteration, state.history.evals
         if len(evals) == self._seen or self.stopped_at is not None:
             return False
         self._seen = len(evals)

@@ -4,8 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar
 
-from growcore.when.base import _EPOCH_TOLERANCE, EpochPolicy, WhenPolicy, blocks_added
+from growcore.when.base import (
+    _EPOCH_TOLERANCE,
+    EpochPolicy,
+    TrainState,
+    WhenPolicy,
+    blocks_added,
+)
 
 
 class AtIterations(WhenPolicy):
@@ -15,7 +22,11 @@ class AtIterations(WhenPolicy):
     ----------
     iterations : int or iterable of int
         The iterations (number of updates done so far) at which to grow.
+
+    Unit: iterations (updates done so far).
     """
+
+    unit: ClassVar[str] = "iterations"
 
     def __init__(self, iterations: int | Iterable[int]):
         its = [iterations] if isinstance(iterations, int) else list(iterations)
@@ -23,8 +34,8 @@ class AtIterations(WhenPolicy):
             raise ValueError(f"iterations must be non-negative integers, got {its}")
         self.iterations = sorted({int(i) for i in its})
 
-    def __call__(self, iteration: int, history) -> bool:
-        return iteration in self.iterations
+    def __call__(self, state: TrainState) -> bool:
+        return state.iteration in self.iterations
 
     def describe(self) -> dict:
         return {"policy": "AtIterations", "iterations": self.iterations}
@@ -34,7 +45,11 @@ class Every(WhenPolicy):
     """Grow every ``interval`` iterations from ``start`` on, at most ``count`` times.
 
     GradMax's teacher-student runs (section 4.1): one growth every 200 steps, 5 times.
+
+    Unit: iterations (updates done so far).
     """
+
+    unit: ClassVar[str] = "iterations"
 
     def __init__(self, interval: int, start: int | None = None, count: int | None = None):
         if interval < 1:
@@ -44,9 +59,10 @@ class Every(WhenPolicy):
             raise ValueError(f"start and count must be >= 0, got {self.start}, {count}")
         self.count = count
 
-    def __call__(self, iteration: int, history) -> bool:
-        k, rest = divmod(iteration - self.start, self.interval)
-        return iteration >= self.start and rest == 0 and (self.count is None or k < self.count)
+    def __call__(self, state: TrainState) -> bool:
+        k, rest = divmod(state.iteration - self.start, self.interval)
+        return state.iteration >= self.start and rest == 0 and (
+            self.count is None or k < self.count)
 
     def describe(self) -> dict:
         return {"policy": "Every", "interval": self.interval, "start": self.start,
@@ -65,7 +81,7 @@ class Periodic(EpochPolicy):
         if not 0 < self.interval <= self.i_max:
             raise ValueError(f"interval must lie in (0, I_max = {self.i_max}], got {interval}")
 
-    def ready(self, iteration: int, history) -> bool:
+    def ready(self, iteration: int, history, state=None) -> bool:
         due = (blocks_added(history) + 1) * self.interval * self.iterations_per_epoch
         return iteration >= due - _EPOCH_TOLERANCE
 

@@ -17,11 +17,23 @@ from growcore.where.nagn import (
     non_decreasing,
     relative_contrast,
 )
-from growcore.where.sensli import NORMALISATIONS, SELECTIONS, SensLI, sensli_merits
+from growcore.where.sensli import SELECTIONS, SensLI, sensli_merits
 
 __all__ = [
-    "FALLBACK_FRACTION", "NAGN", "NORMALISATIONS", "ORDERS", "PER_GROWTH", "SELECTIONS",
-    "FixedSites", "GrowToWidths", "LargestSingularValue", "SensLI", "StageOrder", "increments",
-    "monotone_by_kind", "neighbour_average", "non_decreasing", "relative_contrast",
+    "FALLBACK_FRACTION",
+    "NAGN",
+    "ORDERS",
+    "PER_GROWTH",
+    "SELECTIONS",
+    "FixedSites",
+    "GrowToWidths",
+    "LargestSingularValue",
+    "SensLI",
+    "StageOrder",
+    "increments",
+    "monotone_by_kind",
+    "neighbour_average",
+    "non_decreasing",
+    "relative_contrast",
     "sensli_merits",
 ]

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch import nn
 
-from growcore.data import Split
-from growcore.models.staged import depths, unwrap
+from growcore.models.sites import DepthSite, Proposal, WidthSite, width_sites
+from growcore.models.staged import depths, is_staged, unwrap
 from growcore.ops.widen import width
 
 
-def _by_producer(model: nn.Module) -> dict:
-    return {site.producer: site for site in model.width_sites()}
+def _by_producer(sites) -> dict:
+    return {site.producer: site for site in sites}
 
 
 @dataclass
@@ -25,9 +26,23 @@ class FixedSites:
 
     units: dict[str, int]
 
-    def __call__(self, model: nn.Module, split: Split) -> tuple[list, dict]:
-        sites = _by_producer(model)
-        return [(sites[name], k) for name, k in self.units.items()], {"units": self.units}
+    kind: ClassVar[str] = "width"
+
+    def refuses(self, model: nn.Module) -> str | None:
+        """Why these sites cannot be grown in ``model`` (None if they can)."""
+        names = {site.producer for site in width_sites(model)}
+        missing = sorted(set(self.units) - names)
+        return f"no width site {missing}; the model has {sorted(names)}" if missing else None
+
+    def __call__(self, model: nn.Module, sites: list[WidthSite], stats=None
+                 ) -> tuple[list[Proposal], dict]:
+        by_name = _by_producer(sites)
+        missing = sorted(set(self.units) - set(by_name))
+        if missing:
+            raise ValueError(f"FixedSites: no width site {missing}; the model has "
+                             f"{sorted(by_name)}")
+        return [Proposal(by_name[name], k) for name, k in self.units.items()], {
+            "units": self.units}
 
     def describe(self) -> dict:
         return {"criterion": "FixedSites", "units": self.units}
@@ -47,8 +62,11 @@ class GrowToWidths:
     initial: dict[str, int] = field(default_factory=dict)
     done: int = 0
 
-    def __call__(self, model: nn.Module, split: Split) -> tuple[list, dict]:
-        sites = _by_producer(model)
+    kind: ClassVar[str] = "width"
+
+    def __call__(self, model: nn.Module, sites: list[WidthSite], stats=None
+                 ) -> tuple[list[Proposal], dict]:
+        sites = _by_producer(sites)
         if not self.initial:
             self.initial = {name: width(model, site) for name, site in sites.items()}
         self.done += 1
@@ -57,7 +75,7 @@ class GrowToWidths:
             target = round(self.initial[name] * (1 + (self.factor - 1) * min(
                 self.done, self.growths) / self.growths))
             units[name] = max(0, target - width(model, site))
-        return [(sites[n], k) for n, k in units.items() if k > 0], {"units": units}
+        return [Proposal(sites[n], k) for n, k in units.items() if k > 0], {"units": units}
 
     def describe(self) -> dict:
         return {"criterion": "GrowToWidths", "factor": self.factor, "growths": self.growths}
@@ -116,13 +134,27 @@ class StageOrder:
             return [open_stages[0]]
         return [min(open_stages, key=lambda s: (current[s] - self.seed[s], s))]
 
-    def __call__(self, model: nn.Module, split=None) -> tuple[list[int], dict]:
+    kind: ClassVar[str] = "depth"
+
+    def refuses(self, model: nn.Module) -> str | None:
+        """Why this order cannot grow ``model`` (None if it can)."""
+        if not is_staged(model):
+            return "StageOrder adds blocks to the stages of a staged model (model.stages)"
+        if len(depths(unwrap(model))) != len(self.seed):
+            return (f"the model has {len(depths(unwrap(model)))} stages, the order "
+                    f"{len(self.seed)} (seed {self.seed})")
+        return None
+
+    def __call__(self, model: nn.Module, sites: list[DepthSite], stats=None
+                 ) -> tuple[list[Proposal], dict]:
         current = depths(unwrap(model))
         chosen = self.sites(current)
         after = list(current)
         for s in chosen:
             after[s] += 1
-        return chosen, {"stages": chosen, "blocks_added": len(chosen), "depths": after}
+        by_stage = {site.container: site for site in sites}
+        proposals = [Proposal(by_stage[f"stages.{s}"]) for s in chosen]
+        return proposals, {"stages": chosen, "blocks_added": len(chosen), "depths": after}
 
     def describe(self) -> dict:
         return {"criterion": "StageOrder", "seed": self.seed, "target": self.target,

@@ -5,12 +5,14 @@ could be chosen depending on which have the largest singular values").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from growcore.data import Split
+from growcore.models.sites import Proposal, WidthSite
 from growcore.stats.gradmax import GradientMatrices, TargetNorm, outgoing_norms
+from growcore.stats.probe import Probe, data_of, loss_of
 from growcore.where.fixed import _by_producer
 
 
@@ -26,32 +28,37 @@ class LargestSingularValue:
 
     k: int = 1
     n_sites: int = 1
-    loss: str = "cross_entropy"
+    loss: str | None = None
     batch_size: int | None = None
     norm: TargetNorm = field(default_factory=TargetNorm)
     conv_matrix: str = "exact"
     seed: int = 0
 
+    kind: ClassVar[str] = "width"
+
     def __post_init__(self):
-        self.matrices = GradientMatrices(self.loss, self.batch_size, self.conv_matrix,
+        self.matrices = GradientMatrices(self.batch_size, self.conv_matrix,
                                          torch.Generator().manual_seed(self.seed))
 
-    def scores(self, model: nn.Module, split: Split) -> dict[str, float]:
+    def scores(self, model: nn.Module, sites: list[WidthSite], stats: Probe) -> dict[str, float]:
         """Producer name -> predicted gradient norm of ``k`` new GradMax units."""
         out = {}
-        for name, site in _by_producer(model).items():
-            S = torch.linalg.svdvals(self.matrices(model, site, split))
+        split, loss = data_of(stats, self), loss_of(stats, self.loss)
+        for name, site in _by_producer(sites).items():
+            S = torch.linalg.svdvals(self.matrices(model, site, split, loss))
             c = self.norm(outgoing_norms(model, site))
             out[name] = c * float(S[:self.k].norm())
         return out
 
-    def __call__(self, model: nn.Module, split: Split) -> tuple[list, dict]:
-        scores = self.scores(model, split)
+    def __call__(self, model: nn.Module, sites: list[WidthSite], stats: Probe
+                 ) -> tuple[list[Proposal], dict]:
+        scores = self.scores(model, sites, stats)
         chosen = sorted(scores, key=scores.get, reverse=True)[:self.n_sites]
-        sites = _by_producer(model)
-        return [(sites[name], self.k) for name in chosen], {"scores": scores, "chosen": chosen}
+        by_name = _by_producer(sites)
+        return [Proposal(by_name[name], self.k) for name in chosen], {"scores": scores,
+                                                                     "chosen": chosen}
 
     def describe(self) -> dict:
         return {"criterion": "LargestSingularValue", "k": self.k, "n_sites": self.n_sites,
                 "loss": self.loss, "batch_size": self.batch_size, "scale": self.norm.scale,
-                "value": self.norm.value, "conv_matrix": self.conv_matrix}
+                "value": self.norm.value, "conv_matrix": self.conv_matrix, "seed": self.seed}

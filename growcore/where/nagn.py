@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from growcore.models.sites import Proposal, WidthSite
 from growcore.ops.widen import width
 from growcore.stats.nagn import NAGNObserver
 
@@ -129,11 +131,11 @@ def non_decreasing(widths: list[int], delta: list[int], limits: list[int]) -> li
 class NAGN:
     """WHERE criterion of NAGN: width increments for every growable layer of a model.
 
-    Calling it returns ``(sites, info)``: ``(WidthSite, increment)`` for every width site of
-    the model (``model.width_sites()``, the output layer excluded), from the profile the
-    observer collected, after :func:`increments` and :func:`non_decreasing`; the format of
-    :func:`growcore.widen.widen`, which applies them with any initialiser (the NAGN one of
-    eq. 1, :class:`KaimingNew`, or GradMax).
+    Calling it with the model's width sites (in forward order; the output layer is not one)
+    returns ``(proposals, info)``: a :class:`Proposal` (site, increment) for every site, from
+    the profile the observer collected, after :func:`increments` and :func:`non_decreasing`;
+    the input of :func:`growcore.ops.widen.widen`, which applies them with any initialiser
+    (the NAGN one of eq. 1, :class:`growcore.how.KaimingNew`, or GradMax).
 
     Parameters
     ----------
@@ -155,8 +157,14 @@ class NAGN:
     fallback_fraction: float = FALLBACK_FRACTION
     monotone: bool = True
 
-    def __call__(self, model: nn.Module, split=None) -> tuple[list[int], dict]:
-        sites = model.width_sites()
+    kind: ClassVar[str] = "width"
+
+    def observers(self) -> list:
+        """The observer the training loop attaches (it collects the profile for free)."""
+        return [self.observer]
+
+    def __call__(self, model: nn.Module, sites: list[WidthSite], stats=None
+                 ) -> tuple[list[Proposal], dict]:
         widths = [width(model, site) for site in sites]
         profile = self.observer.nagn()
         delta, info = increments(profile, [*widths, 0], self.tau, self.delta_max,
@@ -167,7 +175,7 @@ class NAGN:
             delta = monotone_by_kind(model, sites, widths, delta, self.delta_max)
         info = {"nagn": profile.tolist(), **info, "widths": widths, "raw_increments": raw,
                 "increments": delta, "chosen": delta}
-        return list(zip(sites, delta)), info
+        return [Proposal(site, d) for site, d in zip(sites, delta)], info
 
     def describe(self) -> dict:
         return {"criterion": "NAGN", "tau": self.tau, "delta_max": self.delta_max,

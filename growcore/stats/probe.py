@@ -1,0 +1,63 @@
+"""The probe of a growth step: what its where-criterion and how-initialiser read.
+
+The training loop builds one :class:`Probe` per growth step and hands it to the criterion and
+then to the initialiser, so that both read the same training data with the loss the loop
+trains with. Statistics that come for free during training (NAGN's activation-gradient
+norms, the parameters' moving averages) are collected by observers that a part declares with
+``observers()``; the loop attaches them (see :class:`growcore.plan.GrowthPlan`). Anything computed
+from the data at growth time can be stored in :attr:`Probe.cache`, keyed by what it depends
+on, so that a second part asking for it does not recompute it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from growcore.data import Split
+from growcore.losses import LOSSES
+
+FULL_CHUNK = 1024  # examples per forward pass when the statistic covers the whole data set
+
+
+@dataclass
+class Probe:
+    """Training data and loss of a growth step, and a cache shared by its parts.
+
+    Attributes
+    ----------
+    split : Split
+        The training data (``split.X_train``, ``split.y_train``) on the model's device.
+    loss : str
+        The training loss (a name of :data:`growcore.losses.LOSSES`).
+    cache : dict
+        Statistics computed during this growth step, by key.
+    """
+
+    split: Split | None = None
+    loss: str = "cross_entropy"
+    cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+
+    def cached(self, key, compute):
+        """``compute()`` once per key during this growth step."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+
+def data_of(stats: Probe | None, part) -> Split:
+    """The training split of a probe, or an error naming the part that needs it."""
+    if stats is None or stats.split is None:
+        raise ValueError(f"{type(part).__name__} reads the training data: pass a "
+                         "growcore.stats.Probe(split, loss) as stats")
+    return stats.split
+
+
+def loss_of(stats: Probe | None, loss: str | None) -> str:
+    """A part's own loss if it names one, else the probe's (the loop's training loss)."""
+    if loss is not None:
+        return loss
+    return stats.loss if stats is not None else "cross_entropy"
