@@ -91,3 +91,23 @@ def spiral(n_per_class: int = 300, test_fraction: float = 0.25, seed: int = 0,
     as_x = lambda a: torch.as_tensor(a, dtype=dtype)  # noqa: E731
     as_y = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
     return Split(as_x(X[train]), as_y(y[train]), as_x(X[test]), as_y(y[test]))
+
+
+def teacher_student(widths: list[int], n: int, seed: int, dtype=torch.float32):
+    """GradMax's teacher-student task (section 4.1): inputs N(0, 1), targets from a teacher
+    MLP ``widths`` (e.g. 20:10:10) with weights U[-1, 1]; a test set of equal size.
+
+    Returns
+    -------
+    split : Split
+        ``n`` training and ``n`` test points (regression targets).
+    teacher : growcore.models.mlp.MLP
+    """
+    from growcore.models.mlp import teacher  # models build on data, not the reverse
+
+    g = torch.Generator().manual_seed(seed)
+    net = teacher(widths, g)
+    X = torch.randn(2 * n, widths[0], generator=g)
+    with torch.no_grad():
+        y = net(X)
+    return Split(X[:n], y[:n], X[n:], y[n:]).to("cpu", dtype), net

@@ -89,16 +89,14 @@ def run_spiral(name: str, config: dict, *, directory=None, preset: str = "cpu",
                 groups.setdefault(repr(site), []).append(seed)
             pending.extend(groups.values())
             regrouped = True
-    record = {"name": name, "created": results.now(), "preset": preset, "config": config,
-              "seeds": config["seeds"], "environment": results.environment(device),
-              "wall_time_s": time.perf_counter() - start, "batched_seeds": batched,
-              "seed_groups": [seeds for seeds, _ in done], "regrouped": regrouped,
-              "final_models": [h["final_model"] for _, h in done],
-              "plans": [h["plan"] for _, h in done],  # one per seed group: the same plan
-              "metrics": _merge(done, config["seeds"])}
-    if save:
-        record["path"] = str(results.save_record(record, directory or results.results_dir()))
-    return record
+    record = results.make_record(
+        name, config, preset=preset, seeds=config["seeds"], device=device,
+        wall_time_s=time.perf_counter() - start, batched_seeds=batched,
+        seed_groups=[seeds for seeds, _ in done], regrouped=regrouped,
+        final_models=[h["final_model"] for _, h in done],
+        plans=[h["plan"] for _, h in done],  # one per seed group: the same plan
+        metrics=_merge(done, config["seeds"]))
+    return results.store(record, directory, save)
 
 
 def _train_group(name: str, config: dict, seeds: list[int], split, dtype, device,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import growcore
-from growcore.paths import repo_root
+from growcore.paths import repo_root, results_dir
 
 
 def config_hash(config: dict) -> str:
@@ -92,3 +92,22 @@ def latest(name: str, config: dict, directory: str | Path) -> dict | None:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def make_record(name: str, config: dict, *, preset: str, seeds: list, device="cpu",
+                wall_time_s: float, **fields) -> dict:
+    """A self-describing record: what ran (name, configuration, seeds, preset), on what
+    (environment: code version, library versions, device), how long, and ``fields`` (the
+    metrics, and the plan's description where a plan grew the model). Every driver builds
+    its records here."""
+    return {"name": name, "created": now(), "preset": preset, "config": config,
+            "seeds": list(seeds), "environment": environment(device),
+            "wall_time_s": wall_time_s, **fields}
+
+
+def store(record: dict, directory: str | Path | None = None, save: bool = True) -> dict:
+    """Save ``record`` (:func:`save_record`, default folder :func:`results_dir`) and note its
+    ``path`` in it; with ``save=False`` return it unsaved."""
+    if save:
+        record["path"] = str(save_record(record, directory or results_dir()))
+    return record

@@ -162,6 +162,44 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
     return model, history
 
 
+def replay_when(policy: Callable[[TrainState], bool], iterations: int, *,
+                iterations_per_epoch: int | None = None, blocks_added: int = 1,
+                model=None) -> History:
+    """Replay a when-policy over ``iterations`` iterations without training.
+
+    The order is that of :func:`train`: at every iteration ``t`` the policy reads
+    ``TrainState(t, history, model, iterations_per_epoch)``, and when it fires a growth
+    event ``{"iteration": t, "blocks_added": blocks_added}`` is appended to
+    ``history.events`` before the next iteration asks. Nothing is trained or evaluated, so
+    this reproduces the growth schedule of policies that read only the growth events (e.g.
+    :class:`growcore.when.Periodic`, :class:`growcore.when.Every`,
+    :class:`growcore.when.AtIterations`), not of those that read evaluations.
+
+    Parameters
+    ----------
+    policy : callable ``(TrainState) -> bool``
+        The when-policy.
+    iterations : int
+        Iterations to replay (``0 .. iterations - 1``).
+    iterations_per_epoch : int, optional
+        Passed to the policy in the state, as :func:`train` does.
+    blocks_added : int
+        Blocks recorded per growth event (what :func:`growcore.when.blocks_added` counts).
+    model : nn.Module, optional
+        Passed to the policy in the state (never changed).
+
+    Returns
+    -------
+    History
+        Empty but for ``events``.
+    """
+    history = History()
+    for t in range(iterations):
+        if policy(TrainState(t, history, model, iterations_per_epoch)):
+            history.events.append({"iteration": t, "blocks_added": blocks_added})
+    return history
+
+
 def _evaluate_all(model, split: Split, loss: str, t: int, since_eval: list, history: History):
     """Record an evaluation; return the test metric (or None without a test set)."""
     record: dict = {"iteration": t}

@@ -59,12 +59,11 @@ def test_alpha_4_needs_percentage_points():
 
 
 def simulate(policy, iterations, ipe, errors, blocks_per_growth=1):
-    """Drive a policy as the spine's loop does: ask ``when`` first, then evaluate at epoch
-    boundaries; ``errors(epoch)`` gives (train error since the last evaluation, val error)."""
+    """Drive a policy as the spine's loop does (growcore.train.train): evaluate at epoch
+    boundaries first, then ask ``when``; ``errors(epoch)`` gives (train error since the last
+    evaluation, val error)."""
     history = History()
     for t in range(iterations):
-        if policy(TrainState(t, history)):
-            history.events.append({"iteration": t, "blocks_added": blocks_per_growth})
         if t % ipe == 0:
             record = {"iteration": t}
             if t > 0:
@@ -72,6 +71,8 @@ def simulate(policy, iterations, ipe, errors, blocks_per_growth=1):
                 record.update(train_error=torch.tensor([train_error]),
                               val_error=torch.tensor([val_error]))
             history.evals.append(record)
+        if policy(TrainState(t, history)):
+            history.events.append({"iteration": t, "blocks_added": blocks_per_growth})
     return history
 
 
@@ -98,9 +99,9 @@ def test_fragrow_grows_fast_when_underfitting_and_slowly_when_overfitting():
     over = simulate(FRAGrow(ipe, n, total, finetune), total * ipe, ipe,
                     lambda epoch: (0.0, 0.2))    # ORL = 20 points
     # ORL = 0: I = 2 / (1 + e^4) = 0.036 epochs, less than one iteration; the evaluation at
-    # iteration 5 is seen at 6 (the loop asks before it evaluates), and each later growth
+    # iteration 5 is seen at 5 (the loop evaluates before it asks), and each later growth
     # waits for an evaluation after the previous one (at 10, 15)
-    assert growths(under) == [6, 11, 16]
+    assert growths(under) == [5, 10, 15]
     # ORL = 20: I = I_max (1 - 1e-7): the periodic schedule
     assert growths(over) == [10, 20, 30]
     assert (average_training_epochs(under.events, ipe, total)
@@ -122,9 +123,9 @@ def test_convergent_waits_for_a_plateau():
     plateau = [0.5, 0.4, 0.3, 0.3, 0.3, 0.3]
     history = simulate(Convergent(ipe, n, total, finetune, patience=2), total * ipe, ipe,
                        lambda epoch: (0.0, plateau[min(epoch, 5)]))
-    # evaluations after epochs 1..4 give 0.4, 0.3, 0.3, 0.3: at epoch 5 the best of the
-    # last two (0.3) is no better than the best before (0.3)
-    assert growths(history) == [5 * ipe]
+    # evaluations after epochs 1..4 give 0.4, 0.3, 0.3, 0.3: at epoch 4 (the loop evaluates
+    # before it asks) the best of the last two (0.3) is no better than the best before (0.3)
+    assert growths(history) == [4 * ipe]
 
 
 def test_convergent_meets_the_deadline_when_it_never_converges():
@@ -226,3 +227,107 @@ def test_missing_data_folder_and_vgg_on_imagenet_stop_before_compute(tmp_path):
         _chapter_parameters(dataset="cifar100", data_root=str(tmp_path / "absent"))
     with pytest.raises(ParameterError, match=r"parameter 'architecture'.*resnet or mobilenetv2"):
         _chapter_parameters(dataset="imagenet", data_root=str(tmp_path), architecture="vgg")
+
+
+# The notebook's helpers, now in the library: growcore.train.replay_when and the chapter's
+# blocks_over_time and show_table.
+
+
+def test_replay_when_grows_periodically_and_counts_blocks_per_event():
+    from growcore.train import replay_when
+
+    ipe, total, finetune, n = 4, 10, 1, 3  # I_max = 3 epochs = 12 iterations
+    history = replay_when(Periodic(ipe, n, total, finetune), total * ipe)
+    assert growths(history) == [12, 24, 36]
+    assert all(e["blocks_added"] == 1 for e in history.events)
+    # two blocks per event: block 3 is due at 3 I_max (36), and then the target is reached
+    doubled = replay_when(Periodic(ipe, n, total, finetune), total * ipe, blocks_added=2)
+    assert growths(doubled) == [12, 36]
+
+
+def test_replay_when_asks_the_policy_before_recording_the_growth():
+    from growcore.train import replay_when
+
+    seen = []
+
+    def policy(state):
+        seen.append((state.iteration, len(state.history.events), state.iterations_per_epoch,
+                     state.model))
+        return state.iteration in (2, 3)
+
+    marker = object()
+    history = replay_when(policy, 5, iterations_per_epoch=7, model=marker)
+    # at t = 3 the policy sees the growth of t = 2 but not its own
+    assert seen == [(0, 0, 7, marker), (1, 0, 7, marker), (2, 0, 7, marker),
+                    (3, 1, 7, marker), (4, 2, 7, marker)]
+    assert history.events == [{"iteration": 2, "blocks_added": 1},
+                              {"iteration": 3, "blocks_added": 1}]
+
+
+def test_replay_when_reproduces_the_schedule_of_the_training_loop():
+    from growcore.data import Split
+    from growcore.how import Zero
+    from growcore.models.mlp import MLP
+    from growcore.ops import widen
+    from growcore.plan import GrowthPlan
+    from growcore.train import replay_when, train
+    from growcore.where import FixedSites
+
+    def periodic():  # I_max = 1.5 epochs of 2 iterations: due at 3, 6, 9
+        return Periodic(2, 3, 6, 1.5)
+
+    torch.manual_seed(0)
+    split = Split(torch.randn(8, 3), torch.randn(8, 2))
+    plan = GrowthPlan(periodic(), FixedSites({"layers.0": 1}), Zero(), op=widen)
+    grown, trained = train(MLP([3, 4, 2]), split, iterations=12, lr=0.1, loss="mse",
+                           plan=plan, progress=False)
+    replayed = replay_when(periodic(), 12, iterations_per_epoch=1)  # train's full batch
+    assert growths(trained) == growths(replayed) == [3, 6, 9]
+    assert grown.layers[0].out_features == 4 + 3
+
+
+def test_blocks_over_time_is_a_step_function_of_the_epoch():
+    from growcore.chapters import fragrow
+
+    record = {"iterations_per_epoch": 4, "config": {"epochs": 10},
+              "metrics": {"events": [{"iteration": 6, "blocks_added": 1},
+                                     {"iteration": 20, "blocks_added": 2}]}}
+    epochs, blocks = fragrow.blocks_over_time(record)
+    assert epochs == [0.0, 1.5, 5.0, 10]
+    assert blocks == [0, 1, 3, 3]
+    empty = {**record, "metrics": {"events": []}}
+    assert fragrow.blocks_over_time(empty) == ([0.0, 10], [0, 0])
+
+
+def _table_record(regime, method, test_error, wall, cost):
+    return {"config": {"regime": regime, "method": method}, "wall_time_s": wall,
+            "metrics": {"test_error": test_error, "cost_flops": cost}}
+
+
+def test_show_table_prints_the_title_and_stacks_the_regimes(capsys):
+    from growcore.chapters import fragrow
+
+    p = {"tables": [5], "regimes": ["a", "b"], "alphas": [], "alpha": 4.0,
+         "architecture": "none"}  # no paper numbers for this architecture
+    records = {}
+    for regime, scale in (("a", 1.0), ("b", 2.0)):
+        for method, error, wall, cost in (("small", 0.3, 1.0, 2.0), ("large", 0.2, 4.0, 8.0),
+                                          ("FRAGrow", 0.1234, 3.0, 5.0)):
+            records[f"{regime} {method}"] = _table_record(regime, method, error, scale * wall,
+                                                          cost)
+    frame = fragrow.show_table(5, "Table 5", records, p)
+    assert capsys.readouterr().out == "Table 5\n"
+    assert list(frame.index) == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
+    assert list(frame["method"]) == ["small", "large", "FRAGrow"] * 2
+    # % of the large run, rounded to two decimals: wall 1/4, 3/4; cost 2/8, 5/8
+    assert list(frame["time %"]) == [25.0, 100.0, 75.0] * 2
+    assert list(frame["cost %"]) == [25.0, 100.0, 62.5] * 2
+    assert list(frame["test error %"]) == [30.0, 20.0, 12.34] * 2
+
+
+def test_show_table_declines_a_table_outside_the_preset(capsys):
+    from growcore.chapters import fragrow
+
+    p = {"tables": [5, 6], "regimes": ["a"]}
+    assert fragrow.show_table(9, "Table 9", {}, p) is None
+    assert capsys.readouterr().out == "Table 9 is not part of the preset's tables [5, 6]\n"

@@ -70,3 +70,19 @@ def test_the_checker_sees_a_violation(tmp_path):
     found = [m for _, m in imports(bad)]
     assert any(_matches(m, "growcore.how") for m in found)
     assert any(_matches(m, "growcore.train") for m in found)
+
+
+def test_notebooks_define_no_functions_or_classes():
+    """Library code lives in growcore: no ``def`` or ``class`` in a notebook's code cells
+    (an exercise's solution may still write a lambda, the point of the exercise)."""
+    import json
+
+    found = []
+    for path in sorted((PACKAGE.parent / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            tree = ast.parse("".join(cell["source"]))
+            found += [f"{path.name} cell {cell.get('id')}: {node.name}" for node in ast.walk(tree)
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    assert not found, "functions defined in notebooks:\n" + "\n".join(found)

@@ -1,5 +1,7 @@
 """SensLI building blocks: data, models, identity insertion, gradient identities, KKT, merits."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -223,3 +225,88 @@ def test_unknown_criterion_options_are_named():
         SensLI(select="largest")
     with pytest.raises(ValueError, match="normalisation must be one of"):
         SensLI(normalisation="none")
+
+
+# The chapter's summaries of records (moved out of the notebook): hand-computed expectations.
+# Student t quantiles of the 95 % interval in closed form: t(p, 1) = tan(pi (p - 1/2)) and
+# t(p, 2) = (2p - 1) / sqrt(2 p (1 - p)), p = 0.975.
+T95_1 = math.tan(math.pi * 0.475)
+T95_2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
+
+
+def _record(**metrics):
+    return {"metrics": metrics}
+
+
+def test_loss_of_sums_each_seeds_mean_cross_entropy():
+    from growcore.chapters.sensli import loss_of
+
+    a = 2.0
+    logits = torch.tensor([[[0.0, 0.0], [0.0, 0.0]],      # seed 0: log 2 at each point
+                           [[a, 0.0], [0.0, a]]],         # seed 1: log(1 + e^-a) at each
+                          dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    value = loss_of(lambda X: logits, torch.zeros(2, 2), y)
+    assert value.item() == pytest.approx(math.log(2) + math.log1p(math.exp(-a)), abs=EXACT)
+
+
+def test_final_mean_band_averages_the_last_iterations_then_the_seeds():
+    from growcore.plots import final_mean_band
+
+    record = _record(loss=[[9.0, 1.0, 1.0], [9.0, 2.0, 2.0], [9.0, 3.0, 3.0]])
+    mean, half = final_mean_band(record, "loss", last=2)   # per seed 1, 2, 3: sd 1
+    assert mean == pytest.approx(2.0, abs=EXACT)
+    assert half == pytest.approx(T95_2 / math.sqrt(3), rel=1e-9)
+    mean, _ = final_mean_band(record, "loss", last=3)      # per seed 11/3, 13/3, 15/3
+    assert mean == pytest.approx(13 / 3, abs=EXACT)
+
+
+def test_summary_table_lists_size_final_loss_and_error():
+    from growcore.chapters.sensli import summary_table
+
+    records = {"A": _record(n_params=[[5, 7], [5, 7]], loss=[[1.0, 1.0], [3.0, 3.0]],
+                            test_error=[[0.1, 0.1], [0.3, 0.3]])}
+    header, row = summary_table(records, ["A"]).split("\n")
+    assert header.split() == ["run", "params", "final", "loss", "final", "test", "error"]
+    # two seeds: mean 2 and 0.2, sd sqrt(2) and 0.1 sqrt(2), half-width t(0.975, 1) sd / sqrt 2
+    assert row.split() == ["A", "7", "2.000", "±", f"{T95_1:.3f}", "20.0", "±",
+                           f"{100 * 0.1 * T95_1:.1f}", "%"]
+    assert row.startswith("A" + " " * 29 + " ")            # the run name in 30 columns
+
+
+def test_params_over_time_names_every_change():
+    from growcore.chapters.sensli import params_over_time
+
+    record = _record(n_params=[[27, 27, 57, 57, 60], [0, 0, 0, 0, 0]])   # the first seed's
+    assert params_over_time(record) == ("27 from iteration 0, 57 from iteration 2, "
+                                        "60 from iteration 4")
+    assert params_over_time(_record(n_params=[[9, 9, 9]])) == "9 from iteration 0"
+
+
+@pytest.mark.parametrize("budget, loss, t", [(25, 2.0, 1), (30, 1.0, 2), (1e9, -0.5, 3)])
+def test_loss_at_cost_takes_the_last_iteration_within_the_budget(budget, loss, t):
+    from growcore.chapters.sensli import loss_at_cost
+
+    record = _record(cost_flops=[[10, 20, 30, 40], [10, 20, 30, 40]],
+                     loss=[[4.0, 3.0, 2.0, 0.0], [2.0, 1.0, 0.0, -1.0]])
+    found, at = loss_at_cost(record, budget)
+    assert at == t and found == pytest.approx(loss, abs=EXACT)
+
+
+def test_chosen_positions_counts_the_seeds_of_the_first_growth():
+    from growcore.chapters.sensli import chosen_positions
+
+    record = _record(events=[{"iteration": 9, "seeds": [0, 1, 2], "chosen": [1, 1, 1]},
+                             {"iteration": 5, "seeds": [0, 1, 2], "chosen": [2, 1, 2]}])
+    assert chosen_positions(record) == "after layer 1: 1 seeds, after layer 2: 2 seeds"
+
+
+def test_compare_pairs_the_final_losses_by_seed():
+    from growcore.chapters.sensli import compare
+
+    records = {"a": _record(loss=[[9.0, -1.0, -1.0], [9.0, -2.0, -2.0], [9.0, 0.0, 0.0]]),
+               "b": _record(loss=[[0.0] * 3] * 3)}
+    # last 2 iterations: differences -1, -2, 0 (mean -1, sd 1); a lower in two seeds
+    expected = f"-1.0000 ± {T95_2 / math.sqrt(3):.4f}  (first lower in 2/3 seeds)"
+    assert compare(records, "a", "b", last=2) == expected
+    assert compare(records, "b", "a", last=2).startswith("+1.0000")

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +154,19 @@ def test_records_describe_how_they_were_made(tmp_path):
     for key in ("code_version", "torch", "numpy", "python", "device"):
         assert env[key]
     assert saved["config"] == config and saved["preset"] == "smoke" and saved["wall_time_s"] > 0
+
+
+def test_records_without_a_folder_go_to_the_results_folder(tmp_path, monkeypatch):
+    """One record builder for every driver: ``store`` without a folder saves under
+    ``$GROWCORE_RESULTS``; ``save=False`` saves nothing."""
+    monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path))
+    record = results.make_record("default", {"a": 1}, preset="smoke", seeds=[0, 1],
+                                 wall_time_s=0.5, metrics={"loss": [1.0]})
+    assert record["seeds"] == [0, 1] and record["environment"]["code_version"]
+    assert "path" not in results.store(dict(record), save=False)
+    saved = results.store(record)
+    assert Path(saved["path"]).parent == tmp_path
+    assert results.load_record(saved["path"])["metrics"] == {"loss": [1.0]}
 
 
 def test_parameter_validation_names_the_parameter():

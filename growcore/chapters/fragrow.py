@@ -239,20 +239,16 @@ def run(name: str, c: dict, *, directory=None, preset: str = "cpu", device: str 
     final_train = float(evaluate(model, split.X_train, split.y_train).mean())
     h = history.as_dict()
     policy = getattr(plan.when, "policy", plan.when) if plan is not None else None
-    record = {
-        "name": name, "created": results.now(), "preset": preset, "config": c,
-        "seeds": [c["seed"]], "environment": results.environment(device),
-        "wall_time_s": wall, "iterations_per_epoch": ipe, "plan": h["plan"],
-        "metrics": {"test_error": test_error, "train_error": final_train,
-                    "cost_flops": h["cost_flops"][-1], "evals": h["evals"],
-                    "events": h["events"], "lr": h["lr"][::ipe],
-                    "loss": [sum(row) / len(row) for row in zip(*h["loss"])][::ipe],
-                    "e_bar": average_training_epochs(h["events"], ipe, c["epochs"]),
-                    "final_depths": depths(model),
-                    "trace": getattr(policy, "trace", [])}}
-    if rank == 0:
-        record["path"] = str(results.save_record(record, directory or results_dir()))
-    return record
+    record = results.make_record(
+        name, c, preset=preset, seeds=[c["seed"]], device=device, wall_time_s=wall,
+        iterations_per_epoch=ipe, plan=h["plan"],
+        metrics={"test_error": test_error, "train_error": final_train,
+                 "cost_flops": h["cost_flops"][-1], "evals": h["evals"],
+                 "events": h["events"], "lr": h["lr"][::ipe],
+                 "loss": [sum(row) / len(row) for row in zip(*h["loss"])][::ipe],
+                 "e_bar": average_training_epochs(h["events"], ipe, c["epochs"]),
+                 "final_depths": depths(model), "trace": getattr(policy, "trace", [])})
+    return results.store(record, directory, save=rank == 0)
 
 
 PAPER = PAPER_NUMBERS["tables"]
@@ -347,6 +343,62 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             print(f"{name}: test error {100 * record['metrics']['test_error']:.2f} %, "
                   f"{record['wall_time_s']:.0f} s -> {record['path']}")
+
+
+def blocks_over_time(record: dict) -> tuple[list[float], list[int]]:
+    """The blocks a run has added, as a step function of the epoch.
+
+    Parameters
+    ----------
+    record : dict
+        A record of :func:`run`: ``iterations_per_epoch``, ``config["epochs"]`` and the
+        growth events (``iteration``, ``blocks_added``).
+
+    Returns
+    -------
+    epochs : list of float
+        0, the epoch of every growth event, and ``E_T`` last.
+    blocks : list of int
+        Blocks added from each of these epochs on (the last repeats the final count), for
+        ``plt.step(epochs, blocks, where="post")``.
+    """
+    ipe, total = record["iterations_per_epoch"], record["config"]["epochs"]
+    steps = [(0.0, 0)]
+    for event in record["metrics"]["events"]:
+        steps.append((event["iteration"] / ipe, steps[-1][1] + event["blocks_added"]))
+    return [s for s, _ in steps] + [total], [b for _, b in steps] + [steps[-1][1]]
+
+
+def show_table(number: int, title: str, records: dict[str, dict], p: dict):
+    """Print ``title`` and return the slides' table ``number`` for every regime as one frame.
+
+    Parameters
+    ----------
+    number : int
+        The table (see :func:`table`).
+    title : str
+        Printed above the table.
+    records : dict
+        Run name -> record of :func:`run`.
+    p : dict
+        The chapter's parameters (``tables``, ``regimes`` and what :func:`table` reads).
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        The rows of :func:`table` per regime, indexed by (regime, row), rounded to two
+        decimals; None (after a message) when ``number`` is not among ``p["tables"]``.
+    """
+    import pandas as pd  # only the notebook's tables need pandas, not the runs
+
+    if number not in p["tables"]:
+        print(f"Table {number} is not part of the preset's tables {p['tables']}")
+        return None
+    frames = {regime: pd.DataFrame(table(number, records, p, regime))
+              for regime in p["regimes"]}
+    frame = pd.concat(frames, names=["regime", None]).round(2)
+    print(title)
+    return frame
 
 
 if __name__ == "__main__":

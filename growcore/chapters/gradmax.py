@@ -16,10 +16,10 @@ import torch
 
 from growcore import papers, results
 from growcore.activations import ReLUWithSlopeAtZero
-from growcore.data import Split
+from growcore.data import Split, teacher_student
 from growcore.how import FireflyOpt, GradMax, GradMaxOpt, Random
 from growcore.losses import LOSSES
-from growcore.models.mlp import MLP, teacher
+from growcore.models.mlp import MLP
 from growcore.models.sites import Proposal
 from growcore.ops import widen
 from growcore.params import Spec, require
@@ -118,13 +118,8 @@ def validate(namespace: dict) -> dict:
 
 def teacher_student_data(widths: list[int], n: int, seed: int,
                          dtype=torch.float32) -> tuple[Split, MLP]:
-    """Inputs N(0, 1), targets from a teacher with weights U[-1, 1]; a test set of equal size."""
-    g = torch.Generator().manual_seed(seed)
-    net = teacher(widths, g)
-    X = torch.randn(2 * n, widths[0], generator=g)
-    with torch.no_grad():
-        y = net(X)
-    return Split(X[:n], y[:n], X[n:], y[n:]).to("cpu", dtype), net
+    """Section 4.1's data: :func:`growcore.data.teacher_student`."""
+    return teacher_student(widths, n, seed, dtype)
 
 
 def ts_config(method: str, teacher_widths: list[int], start_hidden: int, interval: int,
@@ -218,18 +213,16 @@ def run_teacher_student(name: str, config: dict, *, directory=None, preset: str 
     metrics["events"] = [e for row in rows for e in row["events"]]
     metrics["step_time"] = [float(np.diff(row["wall_time"]).mean()) for row in rows]
     metrics["plan"] = [row["plan"] for row in rows]  # per seed: the initialiser's seed differs
-    record = _record(name, config, preset, start, metrics)
-    if save:
-        record["path"] = str(results.save_record(record, directory or results.results_dir()))
+    record = results.store(_record(name, config, preset, start, metrics), directory, save)
     record["checkpoints"] = checkpoints
     return record
 
 
 def _record(name: str, config: dict, preset: str, start: float, metrics: dict,
             device: str = "cpu") -> dict:
-    return {"name": name, "created": results.now(), "preset": preset, "config": config,
-            "seeds": config["seeds"], "environment": results.environment(device),
-            "wall_time_s": time.perf_counter() - start, "metrics": metrics}
+    return results.make_record(name, config, preset=preset, seeds=config["seeds"],
+                               device=device, wall_time_s=time.perf_counter() - start,
+                               metrics=metrics)
 
 
 def new_unit_gradient_norm(model, how, split: Split) -> float:
@@ -454,10 +447,8 @@ def run_cifar(name: str, config: dict, split, *, directory=None, preset: str = "
                      "plan": row["plan"]})
     metrics = {key: [row[key] for row in rows] for key in rows[0] if key != "events"}
     metrics["events"] = [e for row in rows for e in row["events"]]
-    record = _record(name, config, preset, start, metrics, device)
-    if save:
-        record["path"] = str(results.save_record(record, directory or results.results_dir()))
-    return record
+    return results.store(_record(name, config, preset, start, metrics, device), directory,
+                         save)
 
 
 def _final_error(model, split) -> float:
@@ -476,5 +467,4 @@ def save_analysis(name: str, config: dict, metrics: dict, *, directory, preset: 
                   start: float) -> dict:
     """Record a derived analysis (Figs. 2a, 2c, 6) like a run: configuration and metrics."""
     record = _record(name, {**config, "seeds": config.get("seeds", [])}, preset, start, metrics)
-    record["path"] = str(results.save_record(record, directory))
-    return record
+    return results.store(record, directory)

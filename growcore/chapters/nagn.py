@@ -134,13 +134,10 @@ def run(name: str, config: dict, split, *, directory=None, preset: str = "cpu",
     per_seed, start = [], time.perf_counter()
     for seed in seeds if seeds is not None else config["seeds"]:
         per_seed.append(_train_seed(config, seed, split, device, progress, f"{name} s{seed}"))
-    record = {"name": name, "created": results.now(), "preset": preset, "config": config,
-              "seeds": [r["seed"] for r in per_seed],
-              "environment": results.environment(device),
-              "wall_time_s": time.perf_counter() - start, "runs": per_seed}
-    if save:
-        record["path"] = str(results.save_record(record, directory or results.results_dir()))
-    return record
+    record = results.make_record(name, config, preset=preset,
+                                 seeds=[r["seed"] for r in per_seed], device=device,
+                                 wall_time_s=time.perf_counter() - start, runs=per_seed)
+    return results.store(record, directory, save)
 
 
 def _train_seed(config: dict, seed: int, split, device: str, progress: bool,
@@ -221,15 +218,14 @@ def bottleneck_profiles(p: dict, split, device: str = "cpu", progress: bool = Tr
         for name, observer in observers.items():
             profiles[name].append(observer.nagn().tolist())
     layer_widths = [n for block in widths for n in block] + [10]
-    record = {"name": "bottleneck", "created": results.now(), "preset": p["preset"],
-              "config": {"widths": widths, "epochs": p["bottleneck_epochs"],
-                         "seeds": list(range(p["fig1_seeds"])), "n_train": p["n_train"],
-                         "batch_size": p["batch_size"], "lr": p["lr"]},
-              "environment": results.environment(device),
-              "wall_time_s": time.perf_counter() - start, "widths": layer_widths,
-              "profiles": profiles}
-    record["path"] = str(results.save_record(record, directory or results.results_dir()))
-    return record
+    config = {"widths": widths, "epochs": p["bottleneck_epochs"],
+              "seeds": list(range(p["fig1_seeds"])), "n_train": p["n_train"],
+              "batch_size": p["batch_size"], "lr": p["lr"]}
+    record = results.make_record("bottleneck", config, preset=p["preset"],
+                                 seeds=config["seeds"], device=device,
+                                 wall_time_s=time.perf_counter() - start,
+                                 widths=layer_widths, profiles=profiles)
+    return results.store(record, directory)
 
 
 def bottlenecks(widths: list[int]) -> list[int]:

@@ -1,4 +1,5 @@
-"""The SensLI chapter (``notebooks/sensli.ipynb``): parameters and experiments.
+"""The SensLI chapter (``notebooks/sensli.ipynb``): parameters, experiments and the
+summaries of their records.
 
 The experiments are those of the paper's section 3, by the names of its public code:
 Exp8 (Fig. 3.2), Exp6 (Fig. 3.3a), Exp11 (Fig. 3.3b), Exp9 (Fig. 3.4a), Exp14 (Fig. 3.4b).
@@ -6,7 +7,12 @@ Exp8 (Fig. 3.2), Exp6 (Fig. 3.3a), Exp11 (Fig. 3.3b), Exp9 (Fig. 3.4a), Exp14 (F
 
 from __future__ import annotations
 
-from growcore.experiments import spiral_config
+import numpy as np
+import torch
+
+from growcore import plots
+from growcore.experiments import chosen_sites, spiral_config
+from growcore.losses import per_seed_cross_entropy
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
 from growcore.runtime import DEVICES
@@ -85,3 +91,142 @@ def experiments(p: dict) -> dict[str, dict]:
             widths=[8, 3], insert_at=at, select="max",
             **{**fnn, "normalisation": normalisation})
     return runs
+
+
+def loss_of(model, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training objective of a seed-batched model: per-seed mean cross-entropy, summed.
+
+    Parameters
+    ----------
+    model : callable
+        Maps inputs [N, d] to logits [S, N, c] (a seed-batched network).
+    X : torch.Tensor
+        Inputs [N, d].
+    y : torch.Tensor
+        Labels [N] (or [S, N]).
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar: the sum over seeds of each seed's mean cross-entropy, whose gradient with
+        respect to one seed's parameters is that seed's own gradient.
+    """
+    return per_seed_cross_entropy(model(X), y).sum()
+
+
+def summary_table(records: dict[str, dict], names: list[str], last: int = 50) -> str:
+    """A text table of runs: parameters at the end, final loss and final test error.
+
+    Final values are per seed the mean over the last ``last`` iterations, then the mean over
+    seeds with its 95 % half-width (:func:`growcore.plots.final_mean_band`).
+
+    Parameters
+    ----------
+    records : dict
+        Run name -> record (metrics ``loss``, ``test_error``, ``n_params`` [S][T]).
+    names : list of str
+        The runs of the table, in its order.
+    last : int
+        Iterations averaged per seed.
+
+    Returns
+    -------
+    str
+        A header line and one line per run.
+    """
+    lines = [f"{'run':30s} {'params':>6s} {'final loss':>18s} {'final test error':>18s}"]
+    for name in names:
+        r = records[name]
+        loss, loss_half = plots.final_mean_band(r, "loss", last)
+        error, error_half = plots.final_mean_band(r, "test_error", last)
+        lines.append(f"{name:30s} {r['metrics']['n_params'][0][-1]:6d} "
+                     f"{loss:10.3f} ± {loss_half:.3f} "
+                     f"{100 * error:10.1f} ± {100 * error_half:.1f} %")
+    return "\n".join(lines)
+
+
+def params_over_time(record: dict) -> str:
+    """The network sizes of a run and the iterations from which they hold.
+
+    Parameters
+    ----------
+    record : dict
+        A result record; ``metrics["n_params"]`` is [S][T] and read for the first seed (the
+        same for every seed in the chapter's runs).
+
+    Returns
+    -------
+    str
+        E.g. ``"27 from iteration 0, 57 from iteration 20"``.
+    """
+    n = record["metrics"]["n_params"][0]
+    changes = [0] + [t for t in range(1, len(n)) if n[t] != n[t - 1]]
+    return ", ".join(f"{n[t]} from iteration {t}" for t in changes)
+
+
+def loss_at_cost(record: dict, budget: float) -> tuple[float, int]:
+    """Mean loss over seeds at the last iteration whose cumulative cost is within ``budget``.
+
+    Parameters
+    ----------
+    record : dict
+        A result record with ``metrics["cost_flops"]`` and ``metrics["loss"]``, [S][T]; the
+        cost is averaged over seeds (it is equal across seeds in the chapter's runs).
+    budget : float
+        Cumulative training FLOPs.
+
+    Returns
+    -------
+    loss : float
+        Mean over seeds of the loss at iteration ``t``.
+    t : int
+        The last iteration with cost ``<= budget`` (-1 if the first already exceeds it).
+    """
+    cost = np.asarray(record["metrics"]["cost_flops"]).mean(axis=0)
+    t = int(np.searchsorted(cost, budget, side="right")) - 1
+    return np.asarray(record["metrics"]["loss"])[:, t].mean(), t
+
+
+def chosen_positions(record: dict) -> str:
+    """How many seeds inserted after which layer at the run's first growth step.
+
+    Parameters
+    ----------
+    record : dict
+        A result record of a growing run (see :func:`growcore.experiments.chosen_sites`).
+
+    Returns
+    -------
+    str
+        E.g. ``"after layer 1: 3 seeds, after layer 2: 2 seeds"``, by increasing position.
+    """
+    values, counts = np.unique(list(chosen_sites(record).values()), return_counts=True)
+    return ", ".join(f"after layer {v}: {c} seeds" for v, c in zip(values, counts))
+
+
+def compare(records: dict[str, dict], a: str, b: str, last: int = 50) -> str:
+    """Paired comparison of the final losses of runs ``a`` and ``b`` over their seeds.
+
+    Per seed the final loss is the mean over the last ``last`` iterations; the differences
+    ``a - b`` (seeds paired by position) give a mean with its 95 % half-width
+    (:func:`growcore.plots.mean_band`), and the seeds where ``a`` is lower are counted.
+
+    Parameters
+    ----------
+    records : dict
+        Run name -> record (``metrics["loss"]`` [S][T], the same seeds in both runs).
+    a, b : str
+        Names of the two runs.
+    last : int
+        Iterations averaged per seed.
+
+    Returns
+    -------
+    str
+        E.g. ``"-0.0100 ± 0.0020  (first lower in 4/5 seeds)"``.
+    """
+    la = np.asarray(records[a]["metrics"]["loss"])[:, -last:].mean(1)
+    lb = np.asarray(records[b]["metrics"]["loss"])[:, -last:].mean(1)
+    mean, half = plots.mean_band((la - lb)[:, None])
+    better = int((la < lb).sum())
+    return f"{mean[0]:+.4f} ± {half[0]:.4f}  (first lower in {better}/{len(la)} seeds)"
