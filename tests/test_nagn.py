@@ -331,3 +331,20 @@ def test_mean_band_gives_the_sample_standard_deviation_with_spread_sd():
     assert half == pytest.approx(t_975_2 * math.sqrt(7 / 3) / math.sqrt(3), rel=1e-9)
     with pytest.raises(ValueError, match="spread must be one of"):
         mean_band([1.0, 2.0], spread="se")
+
+
+def test_the_chapters_plan_is_the_papers_and_takes_any_width_initialiser():
+    from growcore.chapters import nagn as chapter
+    from growcore.how import GradMax, KaimingNew
+    from growcore.registry import build_plan
+    from growcore.when import ValidationWindow
+    from growcore.where import NAGN
+
+    g = {"w_acc": 3, "delta_acc": 3e-3, "delta_stop": 5e-2, "tau": 0.05, "delta_max": 64,
+         "fallback_fraction": 0.25, "nagn_window_batches": 10}
+    plan = build_plan(chapter.growth_plan(g), {"seed": 7})
+    assert isinstance(plan.when, ValidationWindow) and isinstance(plan.where, NAGN)
+    assert isinstance(plan.how, KaimingNew) and plan.how.seed == 7
+    assert (plan.when.w_acc, plan.where.tau, plan.where.observer.window) == (3, 0.05, 10)
+    other = build_plan(chapter.growth_plan({**g, "how": "gradmax"}), {"seed": 7})
+    assert isinstance(other.how, GradMax) and other.how.seed == 7

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.slow
     ("tau", -0.1, "parameter 'tau' must be float >= 0; got -0.1"),
     ("configurations", [[[4], [0]]], "parameter 'configurations': every entry must be"),
     ("n_val", 46000, "parameter 'n_train': n_train + n_val must not exceed"),
+    ("growth_how", "identity", "parameter 'growth_how' must be str one of 'zero'"),
 ])
 def test_bad_parameter_stops_before_compute(stops_before_compute, name, value, message):
     stops_before_compute("nagn", name, value, message)

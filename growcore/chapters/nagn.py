@@ -14,18 +14,15 @@ import time
 import numpy as np
 import torch
 
-from growcore import papers, results
-from growcore.how import KaimingNew
+from growcore import papers, registry, results
 from growcore.images import augment_cifar, cifar10
 from growcore.models.vgg import VGG
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
-from growcore.plan import GrowthPlan
+from growcore.registry import build_plan
 from growcore.runtime import DEVICES
 from growcore.stats import NAGNObserver, default_layers, producer_layers
 from growcore.train import train
-from growcore.when import ValidationWindow
-from growcore.where import NAGN
 
 PRESETS = ("smoke", "cpu", "gpu")
 PAPER_NUMBERS = papers.load("nagn")  # growcore/papers/nagn.yml
@@ -49,6 +46,7 @@ PARAMETERS = {
     "delta_max": Spec(int, minimum=1),
     "fallback_fraction": Spec(float, minimum=0, maximum=1),
     "nagn_window_batches": Spec(int, minimum=1),
+    "growth_how": Spec(str, choices=tuple(registry.names("how", "width"))),
     "fig1_widths": Spec(list, item=list, min_length=1),
     "fig1_seeds": Spec(int, minimum=1),
     "bottleneck_epochs": Spec(int, minimum=1),
@@ -104,9 +102,22 @@ def run_config(p: dict, widths, grow: bool, seeds: list[int],
         config["growth"] = {key: p[key] for key in (
             "w_acc", "delta_acc", "delta_stop", "tau", "delta_max", "fallback_fraction",
             "nagn_window_batches")}
+        config["growth"]["how"] = p["growth_how"]
     if seed_widths is not None:
         config["model"]["seed_widths"] = {str(s): w for s, w in seed_widths.items()}
     return config
+
+
+def growth_plan(g: dict) -> dict:
+    """The plan of a grown run by registry names: NAGN's window trigger (section 4), NAGN's
+    increments, and the initialiser ``g["how"]`` (the paper's eq. (1), ``kaiming_new``, by
+    default; any width initialiser of growcore.registry can replace it)."""
+    return {"when": {"name": "validation_window", "w_acc": g["w_acc"],
+                     "delta_acc": g["delta_acc"], "delta_stop": g["delta_stop"]},
+            "where": {"name": "nagn", "tau": g["tau"], "delta_max": g["delta_max"],
+                      "fallback_fraction": g["fallback_fraction"],
+                      "window_batches": g["nagn_window_batches"]},
+            "how": g.get("how", "kaiming_new")}
 
 
 def load_split(config: dict, archive: str = "", device: str = "cpu"):
@@ -150,11 +161,8 @@ def _train_seed(config: dict, seed: int, split, device: str, progress: bool,
     iterations = config["epochs"] * per_epoch
     plan, when = None, None
     if config["growth"] is not None:
-        g = config["growth"]
-        observer = NAGNObserver(window=g["nagn_window_batches"])
-        when = ValidationWindow(g["w_acc"], g["delta_acc"], g["delta_stop"])
-        where = NAGN(observer, g["tau"], g["delta_max"], g["fallback_fraction"])
-        plan = GrowthPlan(when, where, KaimingNew(seed))
+        plan = build_plan(growth_plan(config["growth"]), {"seed": seed})
+        when = plan.when
     final, history = train(
         model, split, iterations=iterations, lr=opt["lr"], optimizer="adamw",
         weight_decay=opt["weight_decay"], batch_size=opt["batch_size"], plan=plan,
