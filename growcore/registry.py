@@ -61,6 +61,7 @@ class Entry:
     cls: type
     build: Callable
     summary: str
+    own: tuple[str, ...] = ()  # options never taken from the run's context
 
     @property
     def kind(self) -> str | None:
@@ -123,7 +124,8 @@ _ENTRIES = [
     Entry("fixed_sites", "where", FixedSites, FixedSites, "the same width sites every time"),
     Entry("grow_to_widths", "where", GrowToWidths, GrowToWidths,
           "every width site to a multiple of its width"),
-    Entry("stage_order", "where", StageOrder, StageOrder, "the next stage of a staged net"),
+    Entry("stage_order", "where", StageOrder, StageOrder, "the next stage of a staged net",
+          own=("seed",)),  # its seed is the seed network's blocks, not a random seed
     # how, width
     Entry("zero", "how", Zero, Zero, "both sides zero"),
     Entry("random", "how", Random, _with_norm(Random), "random outgoing weights"),
@@ -174,7 +176,8 @@ def build_part(role: str, spec: str | dict, context: dict | None = None):
     if unknown:
         raise PlanError(f"{role} {found.name!r} has no option {unknown}; valid: "
                         f"{', '.join(found.options) or 'none'}")
-    taken = {k: v for k, v in (context or {}).items() if k in found.options and k not in options}
+    taken = {k: v for k, v in (context or {}).items()
+             if k in found.options and k not in options and k not in found.own}
     try:
         return found.build(**taken, **options)
     except (TypeError, ValueError) as error:

@@ -320,3 +320,24 @@ def test_the_books_table_agrees_with_the_theory():
             fits = registry.fits(pair["where"], pair["how"], model) is None
             assert fits == legal(family, pair["where"], pair["how"]), (family, pair)
     assert len(registry.family_table()) == 2 + len(registry.names("where"))
+
+
+def test_gradmax_where_and_how_share_one_pass_of_the_probe(monkeypatch):
+    """GradMax's singular value (where) and GradMax (how) in one growth step read the same
+    statistics: one pass over the data, not one per part."""
+    import growcore.stats.gradmax as statistics
+
+    calls = []
+    collect = statistics.collect
+    monkeypatch.setattr(statistics, "collect",
+                        lambda *args, **kwargs: calls.append(1) or collect(*args, **kwargs))
+    model = MLP([4, 6, 5, CLASSES], activation="relu1")
+    plan = registry.build_plan({"when": {"name": "at", "iterations": 0},
+                                "where": {"name": "singular_value", "k": 2, "n_sites": 2},
+                                "how": "gradmax"})
+    probe = Probe(_data("vector"))
+    proposals, _ = plan.propose(model, probe)
+    plan.apply(model, proposals, probe)
+    assert len(proposals) == 2 and len(calls) == 1
+    plan.apply(model, proposals, Probe(_data("vector")))  # a new step: a new pass
+    assert len(calls) == 2

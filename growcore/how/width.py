@@ -85,16 +85,17 @@ class GradMax:
         self.generator = torch.Generator().manual_seed(self.seed)
         self.matrices = GradientMatrices(self.batch_size, self.conv_matrix, self.generator)
 
-    def matrix(self, model: nn.Module, site, split: Split, loss: str | None = None
-               ) -> torch.Tensor:
+    def matrix(self, model: nn.Module, site, split: Split, loss: str | None = None,
+               probe: Probe | None = None) -> torch.Tensor:
         """The gradient matrix of ``site`` (:class:`growcore.stats.gradmax.GradientMatrices`)
-        under this part's loss, else ``loss`` (the training loss)."""
-        return self.matrices(model, site, split, loss_of(None, self.loss or loss))
+        under this part's loss, else ``loss`` (the training loss); with the growth step's
+        ``probe``, from the pass it shares with the other parts of the step."""
+        return self.matrices(model, site, split, loss_of(None, self.loss or loss), probe)
 
     def __call__(self, model: nn.Module, proposal: Proposal, stats: Probe) -> NewUnits:
         site, k = proposal.site, proposal.amount
         D, o, R = unit_sizes(model, site)
-        G = self.matrix(model, site, data_of(stats, self), loss_of(stats, self.loss))
+        G = self.matrix(model, site, data_of(stats, self), loss_of(stats, self.loss), stats)
         U, S, _ = torch.linalg.svd(G, full_matrices=False)
         self.singular_values[site] = S.detach().cpu()
         c = self.norm(outgoing_norms(model, site))

@@ -283,20 +283,36 @@ class GradientMatrices:
         self.batch_size, self.conv_matrix, self.generator = batch_size, conv_matrix, generator
         self._cached: tuple = (lambda: None, None, {})  # (model, versions and loss, data)
 
-    def __call__(self, model: nn.Module, site, split: Split, loss: str) -> torch.Tensor:
-        """The matrix of ``site`` under the training loss ``loss``."""
-        versions = (tuple(p._version for p in model.parameters()), loss, id(split))
-        ref, cached_versions, cached = self._cached
-        if ref() is not model or cached_versions != versions or site not in cached:
-            try:
-                sites = width_sites(model)
-            except TypeError:  # a model that lists no sites: this one alone
-                sites = []
-            sites = sites if site in sites else [site]
-            cached = collect(model, sites, split, loss, self.batch_size, self.generator)
-            self._cached = (weakref.ref(model), versions, cached)
+    def __call__(self, model: nn.Module, site, split: Split, loss: str, probe=None
+                 ) -> torch.Tensor:
+        """The matrix of ``site`` under the training loss ``loss``.
+
+        With a growth step's ``probe`` (:class:`growcore.stats.Probe`), the statistics of one
+        pass are shared with every other part of the step that asks for the same batch size:
+        GradMax's singular value choosing where and GradMax filling the units read one pass.
+        """
+        if probe is not None:
+            key = ("gradmax statistics", id(model), loss, self.batch_size)
+            cached = probe.cached(key, lambda: self._collect(model, site, split, loss))
+            if site not in cached:
+                cached.update(self._collect(model, site, split, loss))
+        else:
+            versions = (tuple(p._version for p in model.parameters()), loss, id(split))
+            ref, cached_versions, cached = self._cached
+            if ref() is not model or cached_versions != versions or site not in cached:
+                cached = self._collect(model, site, split, loss)
+                self._cached = (weakref.ref(model), versions, cached)
         data = cached[site]
         conv = isinstance(model.get_submodule(site.consumer), nn.Conv2d)
         if conv and self.conv_matrix == "auxiliary" and auxiliary_applies(model, site, data):
             return auxiliary_kernel_matrix(model, site, data)
         return gradient_matrix(model, site, data)
+
+    def _collect(self, model: nn.Module, site, split: Split, loss: str) -> dict:
+        """One pass: the statistics of every width site of the model (and of ``site``)."""
+        try:
+            sites = width_sites(model)
+        except TypeError:  # a model that lists no sites: this one alone
+            sites = []
+        sites = sites if site in sites else [site]
+        return collect(model, sites, split, loss, self.batch_size, self.generator)

@@ -45,7 +45,7 @@ class LargestSingularValue:
         out = {}
         split, loss = data_of(stats, self), loss_of(stats, self.loss)
         for name, site in _by_producer(sites).items():
-            S = torch.linalg.svdvals(self.matrices(model, site, split, loss))
+            S = torch.linalg.svdvals(self.matrices(model, site, split, loss, stats))
             c = self.norm(outgoing_norms(model, site))
             out[name] = c * float(S[:self.k].norm())
         return out
