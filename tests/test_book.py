@@ -206,3 +206,40 @@ def test_math_is_typeset_in_a_browser(require_build, page, tmp_path):
     assert dom.count("<mjx-container") >= expected, f"{page}: math not typeset"
     assert "<mjx-merror" not in dom, f"{page}: a TeX error"
     assert "$$" not in dom, f"{page}: raw $$ left"
+
+
+def _plans(value):
+    """Every plan description (a mapping with when, where, how and kind) inside a record."""
+    if isinstance(value, dict):
+        if {"when", "where", "how", "kind"} <= set(value):
+            yield value
+            return
+        for item in value.values():
+            yield from _plans(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _plans(item)
+
+
+@pytest.mark.slow
+def test_every_growing_run_can_be_rebuilt_from_its_record(smoke_book):
+    """The chapters' smoke records hold the plan of every growing run; the registry turns
+    each description back into a plan with the same description."""
+    import json
+
+    from growcore.registry import plan_from_description
+
+    found = {}
+    for path in smoke_book.results.rglob("*.json"):
+        for plan in _plans(json.loads(path.read_text())):
+            found.setdefault(path.parts[-3], []).append(plan)
+    assert set(found) == {"sensli", "gradmax", "nagn", "fragrow"}, sorted(found)
+    for plans in found.values():
+        for plan in plans:
+            rebuilt = plan_from_description(plan).describe()
+            assert {role: rebuilt[role] for role in ("when", "where", "how")} == {
+                role: _without(plan[role], "agreed") for role in ("when", "where", "how")}
+
+
+def _without(description: dict, key: str) -> dict:
+    return {k: v for k, v in description.items() if k != key}
