@@ -27,7 +27,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import sys
 import time
@@ -39,9 +38,9 @@ import yaml
 from torch import nn
 
 from growcore import results
-from growcore.activations import ACTIVATIONS, ReLUWithSlopeAtZero
 from growcore.data import Split, spiral, teacher_student
 from growcore.losses import LOSSES
+from growcore.models.factory import MODELS, ModelError, build_named
 from growcore.models.seed_batched import SeedBatchedNet
 from growcore.ops import GrowThenCosine
 from growcore.params import ParameterError, Spec, check, require
@@ -52,9 +51,6 @@ from growcore.train import evaluate, train
 
 SECTIONS = ("name", "seeds", "data", "model", "train", "plan")
 SCHEDULES = ("constant", "cosine", "grow_then_cosine")
-MODULE_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU, "relu1": functools.partial(ReLUWithSlopeAtZero, 1.0),
-    "relu6": nn.ReLU6, "tanh": nn.Tanh}
 TRAIN = {
     "iterations": Spec(int, minimum=1), "epochs": Spec(float, minimum=0),
     "batch_size": Spec(int, minimum=1), "lr": Spec(float, minimum=0),
@@ -97,69 +93,20 @@ DATA: dict[str, Callable[..., Split]] = {
 
 
 # ---------------------------------------------------------------- models
-def _activation(name: str) -> Callable[[], nn.Module]:
-    if name not in MODULE_ACTIVATIONS:
-        raise ParameterError(f"model.activation must be one of {sorted(MODULE_ACTIVATIONS)}, "
-                             f"got {name!r}")
-    return MODULE_ACTIVATIONS[name]
-
-
-def _model_builders() -> dict[str, Callable]:
-    from growcore.models import MobileNetV1, MobileNetV2, SeedBatchedFNN, SeedBatchedResNet
-    from growcore.models.mlp import MLP
-    from growcore.models.resnet import ResNet, WideResNet
-    from growcore.models.vgg import VGG, vgg11
-
-    def seed_batched(cls, default_activation):
-        def build(shape, classes, seeds, widths, activation=default_activation):
-            if activation not in ACTIVATIONS:
-                raise ParameterError(f"model.activation must be one of {sorted(ACTIVATIONS)}, "
-                                     f"got {activation!r}")
-            return cls.initial(list(widths), list(seeds), in_features=shape[0],
-                               out_features=classes, activation=activation)
-        return build
-
-    def image(build):
-        def make(shape, classes, seeds, activation="relu", **options):
-            return build(shape, classes, _activation(activation), **options)
-        return make
-
-    return {
-        "fnn": seed_batched(SeedBatchedFNN, "relu"),
-        "resnet_seed_batched": seed_batched(SeedBatchedResNet, "tanh"),
-        "mlp": lambda shape, classes, seeds, hidden, activation="relu1", bias=False: MLP(
-            [shape[0], *hidden, classes], activation=activation, bias=bias),
-        "vgg": image(lambda shape, classes, act, config, **o: VGG(
-            config, classes, activation=act, input_shape=shape, **o)),
-        "vgg11": image(lambda shape, classes, act, width=1.0, **o: vgg11(
-            width, classes, activation=act, input_shape=shape, **o)),
-        "resnet": image(lambda shape, classes, act, blocks=(2, 2, 2, 2), **o: ResNet(
-            blocks, num_classes=classes, activation=act, input_shape=shape, **o)),
-        "wrn": image(lambda shape, classes, act, depth=28, width=1, block_width=1.0: WideResNet(
-            depth, width, block_width, classes, activation=act, input_shape=shape)),
-        "mobilenet_v1": image(lambda shape, classes, act, width=1.0, stem="cifar": MobileNetV1(
-            width, classes, stem, activation=act, input_shape=shape)),
-        "mobilenet_v2": image(lambda shape, classes, act, blocks=(2, 3, 4, 3, 3), width=1.0,
-                              stem="cifar": MobileNetV2(blocks, width, classes, stem,
-                                                        activation=act, input_shape=shape)),
-    }
-
-
 def build_model(spec: dict, split: Split, seeds: list[int]) -> nn.Module:
     """The model of ``spec`` (``{"name": ..., options}``) for the data of ``split``."""
-    builders = _model_builders()
     name = spec.get("name")
-    if name not in builders:
-        raise ParameterError(f"model.name must be one of {sorted(builders)}, got {name!r}")
+    if name not in MODELS:
+        raise ParameterError(f"model.name must be one of {sorted(MODELS)}, got {name!r}")
     classes = (split.y_train.shape[-1] if split.y_train.is_floating_point()
                else int(split.y_train.max()) + 1)
     if hasattr(split, "classes"):
         classes = len(split.classes)
     options = {k: v for k, v in spec.items() if k != "name"}
     try:
-        return builders[name](tuple(split.X_train.shape[1:]), classes, seeds, **options)
-    except TypeError as error:
-        raise ParameterError(f"model {name!r}: {error}") from error
+        return build_named(name, split.X_train.shape[1:], classes, seeds, **options)
+    except ModelError as error:
+        raise ParameterError(str(error)) from error
 
 
 # ---------------------------------------------------------------- checking

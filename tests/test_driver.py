@@ -12,6 +12,10 @@ from growcore import results
 from growcore.data import Split, spiral, teacher_student
 from growcore.driver import main, run_experiment
 from growcore.experiments import run_spiral, spiral_config
+from growcore.models.factory import MODULE_ACTIVATIONS, build_named
+from growcore.models.mobilenet import MobileNetV2
+from growcore.models.resnet import resnet
+from growcore.models.vgg import vgg11, vgg_staged
 from growcore.params import ParameterError
 
 
@@ -126,3 +130,25 @@ def test_the_configuration_shown_on_the_rerun_page_is_valid():
     config["data"] = {**config["data"], "n_train": 64, "n_val": 16, "n_test": 16}
     checked = run_experiment(config, check_only=True, device="cpu", progress=False)
     assert checked["plan"]["where"]["name"] == "nagn"
+
+
+@pytest.mark.parametrize(("name", "options", "direct"), [
+    ("vgg11", {"width": 0.0625, "batch_norm": True, "activation": "relu1"},
+     lambda: vgg11(0.0625, 10, batch_norm=True, activation=MODULE_ACTIVATIONS["relu1"])),
+    ("vgg_staged", {"blocks": [1, 1, 1, 1, 2], "widths": [4, 4, 8, 8, 8]},
+     lambda: vgg_staged([1, 1, 1, 1, 2], [4, 4, 8, 8, 8], 10)),
+    ("resnet", {"blocks": [1, 1], "widths": [4, 8]}, lambda: resnet([1, 1], 10, widths=[4, 8])),
+    ("mobilenet_v2", {"blocks": [1, 1, 1, 1, 1], "width": 0.25},
+     lambda: MobileNetV2([1, 1, 1, 1, 1], width=0.25, num_classes=10)),
+])
+def test_models_by_name_are_the_constructors_models(name, options, direct):
+    """The factory the driver and the chapters build from gives, under the same seed, the
+    very network the model's own constructor gives (same classes, same weights)."""
+    torch.manual_seed(3)
+    named = build_named(name, (3, 32, 32), 10, **options)
+    torch.manual_seed(3)
+    reference = direct()
+    assert type(named) is type(reference)
+    a, b = named.state_dict(), reference.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [type(m) for m in named.modules()] == [type(m) for m in reference.modules()]

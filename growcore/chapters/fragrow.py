@@ -23,10 +23,8 @@ from growcore import papers, results
 from growcore.distributed import Agreed, distributed_op, init_from_environment, shard, wrap
 from growcore.how import BlockInit
 from growcore.images import IMAGENET_MEAN, IMAGENET_STD, augment_cifar, cifar10, cifar100, imagenet
-from growcore.models.mobilenet import MobileNetV2
-from growcore.models.resnet import resnet
+from growcore.models.factory import build_named
 from growcore.models.staged import depths, unwrap
-from growcore.models.vgg import vgg_staged
 from growcore.ops import GrowThenCosine
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
@@ -111,17 +109,20 @@ def validate(namespace: dict) -> dict:
 def build_model(architecture: str, blocks: list[int], widths: list[int], num_classes: int,
                 image_size: int | None = None):
     """The staged network with ``blocks`` per stage (He initialisation): CIFAR stem, or the
-    ImageNet stem (and ImageNet's channel statistics) with ``image_size``."""
+    ImageNet stem (and ImageNet's channel statistics) with ``image_size``; built by
+    :func:`growcore.models.factory.build_named`."""
     imagenet = {} if image_size is None else {
         "stem": "imagenet", "input_shape": (3, image_size, image_size),
         "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    shape = imagenet.pop("input_shape", (3, 32, 32))
     if architecture == "resnet":
-        return resnet(blocks, num_classes, widths=widths, **imagenet)
+        return build_named("resnet", shape, num_classes, blocks=blocks, widths=widths,
+                           **imagenet)
     if architecture == "vgg":
-        return vgg_staged(blocks, widths, num_classes)
+        return build_named("vgg_staged", shape, num_classes, blocks=blocks, widths=widths)
     # MobileNetV2 takes a width multiplier: the first growing stage has 24 channels at 1.0
-    return MobileNetV2(blocks, width=widths[0] / MOBILENET_FIRST_WIDTH, num_classes=num_classes,
-                       **imagenet)
+    return build_named("mobilenet_v2", shape, num_classes, blocks=blocks,
+                       width=widths[0] / MOBILENET_FIRST_WIDTH, **imagenet)
 
 
 def stage_counts(architecture: str, blocks: list[int]) -> list[int]:

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from growcore import papers, results
-from growcore.activations import ReLUWithSlopeAtZero
 from growcore.data import Split, teacher_student
 from growcore.how import FireflyOpt, GradMax, GradMaxOpt, Random
 from growcore.losses import LOSSES
+from growcore.models.factory import build_named
 from growcore.models.mlp import MLP
 from growcore.models.sites import Proposal
 from growcore.ops import widen
@@ -364,29 +364,25 @@ def cifar_config(model: str, method: str, p: dict) -> dict:
 
 def cifar_model(config: dict, num_classes: int | None = None):
     """VGG11, WRN-28-1 or MobileNet-v1 at the configured width, with ``relu'(0) = 1``
-    (GradMax section 4).
+    (GradMax section 4), from :func:`growcore.models.factory.build_named`.
 
     ``batch_norm`` applies to VGG11; the WRN-28 and MobileNet-v1 of :mod:`growcore.models`
     always have it. MobileNet-v1 takes the ImageNet stem on ImageNet, the CIFAR stem else.
     """
     from growcore.images import CIFAR10_MEAN, CIFAR10_STD
-    from growcore.models.mobilenet import MobileNetV1
-    from growcore.models.resnet import wrn28
-    from growcore.models.vgg import vgg11
 
-    activation = functools.partial(ReLUWithSlopeAtZero, 1.0)
     classes = num_classes or config.get("num_classes") or 10
     if config["model"] == "vgg11":
-        return vgg11(config["width"], classes, batch_norm=config["batch_norm"],
-                     activation=activation)
+        return build_named("vgg11", (3, 32, 32), classes, width=config["width"],
+                           batch_norm=config["batch_norm"], activation="relu1")
     if config["model"] == "wrn28":
-        return wrn28(1, block_width=config["width"], num_classes=classes,
-                     activation=activation)
+        return build_named("wrn", (3, 32, 32), classes, depth=28, width=1,
+                           block_width=config["width"], activation="relu1")
     size = config.get("image_size", 32)
     imagenet = config.get("task") == "imagenet"
     extra = {} if imagenet else {"mean": CIFAR10_MEAN, "std": CIFAR10_STD}
-    return MobileNetV1(config["width"], classes, "imagenet" if imagenet else "cifar",
-                       activation=activation, input_shape=(3, size, size), **extra)
+    return build_named("mobilenet_v1", (3, size, size), classes, width=config["width"],
+                       stem="imagenet" if imagenet else "cifar", activation="relu1", **extra)
 
 
 def cifar_initialiser(method: str, growth: dict, seed: int, batch_size: int):

@@ -16,6 +16,7 @@ import torch
 
 from growcore import papers, registry, results
 from growcore.images import augment_cifar, cifar10
+from growcore.models.factory import build_named
 from growcore.models.vgg import VGG
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
@@ -156,7 +157,8 @@ def _train_seed(config: dict, seed: int, split, device: str, progress: bool,
     opt, model_spec = config["optimizer"], config["model"]
     widths = model_spec.get("seed_widths", {}).get(str(seed), model_spec["widths"])
     torch.manual_seed(seed)
-    model = VGG(widths, head=model_spec["head"]).to(device)
+    model = build_named("vgg", (3, 32, 32), 10, config=widths,
+                        head=model_spec["head"]).to(device)
     per_epoch = math.ceil(config["data"]["n_train"] / opt["batch_size"])
     iterations = config["epochs"] * per_epoch
     plan, when = None, None
@@ -216,7 +218,7 @@ def bottleneck_profiles(p: dict, split, device: str = "cpu", progress: bool = Tr
     start = time.perf_counter()
     for seed in range(p["fig1_seeds"]):
         torch.manual_seed(seed)
-        model = VGG(widths, head="flatten").to(device)
+        model = build_named("vgg", (3, 32, 32), 10, config=widths, head="flatten").to(device)
         observers = {name: NAGNObserver(per_epoch, layers) for name, layers in readings.items()}
         train(model, split, iterations=p["bottleneck_epochs"] * per_epoch, lr=p["lr"],
               optimizer="adamw", weight_decay=p["weight_decay"], batch_size=p["batch_size"],
