@@ -43,8 +43,11 @@ from growcore.when import (
 from growcore.where import (
     NAGN,
     FixedSites,
+    GradientNorm,
     GrowToWidths,
     LargestSingularValue,
+    RandomDepth,
+    RandomWidth,
     SensLI,
     StageOrder,
 )
@@ -126,6 +129,10 @@ _ENTRIES = [
           "every width site to a multiple of its width"),
     Entry("stage_order", "where", StageOrder, StageOrder, "the next stage of a staged net",
           own=("seed",)),  # its seed is the seed network's blocks, not a random seed
+    Entry("gradient_norm", "where", GradientNorm, GradientNorm,
+          "largest gradient norm of the layer's weights (baseline)"),
+    Entry("random_width", "where", RandomWidth, RandomWidth, "width sites at random (control)"),
+    Entry("random_depth", "where", RandomDepth, RandomDepth, "a depth site at random (control)"),
     # how, width
     Entry("zero", "how", Zero, Zero, "both sides zero"),
     Entry("random", "how", Random, _with_norm(Random), "random outgoing weights"),

@@ -22,6 +22,7 @@ from growcore.losses import LOSSES, as_seed_batch
 from growcore.models import MobileNetV2, SeedBatchedFNN, catalog
 from growcore.models.mlp import MLP
 from growcore.models.resnet import WideResNet
+from growcore.models.sites import Proposal
 from growcore.models.vgg import VGG
 from growcore.ops import make_optimizer, rebuild_optimizer
 from growcore.plan import PlanError
@@ -341,3 +342,26 @@ def test_gradmax_where_and_how_share_one_pass_of_the_probe(monkeypatch):
     assert len(proposals) == 2 and len(calls) == 1
     plan.apply(model, proposals, Probe(_data("vector")))  # a new step: a new pass
     assert len(calls) == 2
+
+
+def test_gradient_norm_baseline_scores_are_the_weights_gradient_norms():
+    """GradientNorm's score of a site is ||dL/dW|| of its producer as backward() gives it
+    on the full data, and scoring leaves the model's gradients alone."""
+    from growcore.models.sites import width_sites
+    from growcore.where import GradientNorm, RandomWidth
+
+    torch.manual_seed(0)
+    model = MLP([4, 6, 5, CLASSES], activation="relu1")
+    split = _data("vector")
+    sites = width_sites(model)
+    proposals, info = GradientNorm(k=2, n_sites=1)(model, sites, Probe(split))
+    assert all(p.grad is None for p in model.parameters())
+    LOSSES["cross_entropy"](as_seed_batch(model(split.X_train)), split.y_train).sum().backward()
+    expected = {s.producer: float(model.get_submodule(s.producer).weight.grad.norm())
+                for s in sites}
+    assert info["scores"] == pytest.approx(expected, rel=1e-6)
+    assert proposals == [Proposal(next(s for s in sites if s.producer == max(
+        expected, key=expected.get)), 2)]
+    draws = [RandomWidth(n_sites=1, seed=s)(model, sites)[1]["chosen"][0] for s in range(40)]
+    assert set(draws) == {s.name for s in sites}  # every site can be drawn
+    assert RandomWidth(seed=3)(model, sites)[1] == RandomWidth(seed=3)(model, sites)[1]

@@ -49,9 +49,11 @@ class Probe:
 
 
 def data_of(stats: Probe | None, part) -> Split:
-    """The training split of a probe, or an error naming the part that needs it."""
+    """The training split of a probe, or an error naming the part (or its name) that needs
+    it."""
     if stats is None or stats.split is None:
-        raise ValueError(f"{type(part).__name__} reads the training data: pass a "
+        name = part if isinstance(part, str) else type(part).__name__
+        raise ValueError(f"{name} reads the training data: pass a "
                          "growcore.stats.Probe(split, loss) as stats")
     return stats.split
 

@@ -3,9 +3,11 @@
 Families: :mod:`~growcore.where.sensli` (virtual identity layers, KKT merits),
 :mod:`~growcore.where.nagn` (activation-gradient contrast, widths to add),
 :mod:`~growcore.where.gradmax` (largest singular value), :mod:`~growcore.where.fixed`
-(fixed sites, widths grown to a target, stage orders).
+(fixed sites, widths grown to a target, stage orders), :mod:`~growcore.where.baselines`
+(gradient norm of the weights, random sites).
 """
 
+from growcore.where.baselines import GradientNorm, RandomDepth, RandomWidth, weight_gradient_norms
 from growcore.where.fixed import ORDERS, PER_GROWTH, FixedSites, GrowToWidths, StageOrder
 from growcore.where.gradmax import LargestSingularValue
 from growcore.where.nagn import (
@@ -26,8 +28,11 @@ __all__ = [
     "PER_GROWTH",
     "SELECTIONS",
     "FixedSites",
+    "GradientNorm",
     "GrowToWidths",
     "LargestSingularValue",
+    "RandomDepth",
+    "RandomWidth",
     "SensLI",
     "StageOrder",
     "increments",
@@ -36,4 +41,5 @@ __all__ = [
     "non_decreasing",
     "relative_contrast",
     "sensli_merits",
+    "weight_gradient_norms",
 ]
