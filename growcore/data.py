@@ -41,6 +41,13 @@ class Split:
             X_test=move(self.X_test), y_test=labels(self.y_test), X_val=move(self.X_val),
             y_val=labels(self.y_val))
 
+    def chunks(self, size: int):
+        """The training set once, in order, in chunks of ``size`` examples (a full-data pass
+        that fits in memory: weight chunk ``(X, y)`` by ``len(y) / n`` for the mean)."""
+        n = len(self.y_train)
+        for start in range(0, n, size):
+            yield self.X_train[start:start + size], self.y_train[start:start + size]
+
     def minibatches(self, batch_size: int | None, generator: torch.Generator | None = None):
         """One epoch of training batches; ``batch_size=None`` gives the full batch once."""
         n = len(self.y_train)

@@ -65,16 +65,12 @@ TRAIN_DEFAULTS = {"batch_size": None, "optimizer": "sgd", "momentum": 0.0, "weig
 # ---------------------------------------------------------------- data
 def _images(name: str):
     def load(n_train=None, n_val=0, n_test=None, split_seed=0, root=None, image_size=64):
-        from growcore import images
+        from growcore.images import load_dataset
 
-        sizes = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": split_seed}
-        if name == "cifar10":
-            return images.cifar10(root, **sizes)
-        if name == "cifar100":
-            return images.cifar100(root, **sizes)
-        require(root is not None, "data.root", "ImageNet needs the folder of its train/ and "
-                "val/ trees")
-        return images.imagenet(root, size=image_size, **sizes)
+        require(name == "cifar10" or root is not None, "data.root",
+                f"{name} is read from a folder: give its root")
+        return load_dataset(name, root, image_size=image_size, n_train=n_train, n_val=n_val,
+                            n_test=n_test, seed=split_seed)
     return load
 
 

@@ -451,3 +451,22 @@ def imagenet(root: str | Path, size: int = 64, n_train: int | None = None, n_val
     parts = {name: (_decode_resized([listed[name][0][i] for i in rows], size),
                     listed[name][1][rows]) for name, rows in index.items()}
     return _image_split(parts, classes, f"ImageFolder tree {root} at {size}x{size}")
+
+
+DATASETS = ("cifar10", "cifar100", "imagenet")
+
+
+def load_dataset(name: str, root: str | Path | None = None, archive: str | Path | None = None,
+                 image_size: int = 64, **sizes) -> ImageSplit:
+    """An image data set by name: :func:`cifar10` (from ``archive`` or the cache in
+    ``root``), :func:`cifar100` or :func:`imagenet` (both from the folder ``root``, ImageNet
+    resized to ``image_size``); ``sizes`` are ``n_train``, ``n_val``, ``n_test``, ``seed``."""
+    if name == "cifar10":
+        return cifar10(root, archive, **sizes)
+    if name not in DATASETS:
+        raise ValueError(f"image data set must be one of {DATASETS}, got {name!r}")
+    if root is None:
+        raise ValueError(f"{name} is read from a folder: give its root")
+    if name == "cifar100":
+        return cifar100(root, **sizes)
+    return imagenet(root, size=image_size, **sizes)

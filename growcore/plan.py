@@ -130,12 +130,10 @@ class GrowthPlan:
         if reason:
             raise PlanError(f"{type(self.where).__name__} cannot grow {type(model).__name__}: "
                             f"{reason}")
-        refuses = getattr(self.how, "refuses", None)
-        reasons = {s.name: refuses(model, s) for s in sites} if refuses else {}
-        if reasons and all(reasons.values()):
-            first = next(iter(reasons.values()))
+        if not self.candidates(model):
             raise PlanError(f"{type(self.how).__name__} cannot fill any {self.kind} site of "
-                            f"{type(model).__name__} for {type(self.where).__name__}: {first}")
+                            f"{type(model).__name__} for {type(self.where).__name__}: "
+                            f"{self.how.refuses(model, sites[0])}")
 
     def propose(self, model, probe: Probe) -> tuple[list, dict]:
         """The where-criterion's proposals for ``model`` and its info dict."""

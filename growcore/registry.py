@@ -81,26 +81,26 @@ def _with_norm(cls):
     """Build ``cls`` with ``scale``/``value`` options turned into its ``norm=TargetNorm``."""
     def build(scale: float = 0.5, value: float | None = None, **options):
         return cls(norm=TargetNorm(scale, value), **options)
-    build.__signature__ = _merged(cls, build)
+    build.__signature__ = _merged(cls, build, "norm")
     return build
 
 
-def _merged(cls, build) -> inspect.Signature:
+def _merged(cls, build, replaced: str) -> inspect.Signature:
+    """The options of a wrapper ``build`` that makes ``cls``'s argument ``replaced`` from its
+    own options: its own, then the rest of ``cls``'s (for the registry's option lists)."""
     own = [p for p in inspect.signature(build).parameters.values()
            if p.kind is p.POSITIONAL_OR_KEYWORD]
     rest = [p for name, p in inspect.signature(cls).parameters.items()
-            if name not in {"norm", *(q.name for q in own)}]
+            if name not in {replaced, *(q.name for q in own)}]
     return inspect.Signature([*own, *(p.replace(kind=p.KEYWORD_ONLY) for p in rest)])
 
 
 def _nagn(window_batches: int = 100, **options) -> NAGN:
+    """NAGN with its observer made from ``window_batches``."""
     return NAGN(NAGNObserver(window=window_batches), **options)
 
 
-_nagn.__signature__ = inspect.Signature([
-    inspect.Parameter("window_batches", inspect.Parameter.KEYWORD_ONLY, default=100),
-    *(p.replace(kind=p.KEYWORD_ONLY)
-      for name, p in inspect.signature(NAGN).parameters.items() if name != "observer")])
+_nagn.__signature__ = _merged(NAGN, _nagn, "observer")
 
 
 def _block(mode: str):

@@ -22,7 +22,7 @@ import torch
 from growcore import papers, results
 from growcore.distributed import Agreed, distributed_op, init_from_environment, shard, wrap
 from growcore.how import BlockInit
-from growcore.images import IMAGENET_MEAN, IMAGENET_STD, augment_cifar, cifar10, cifar100, imagenet
+from growcore.images import IMAGENET_MEAN, IMAGENET_STD, augment_cifar, load_dataset
 from growcore.models.factory import build_named
 from growcore.models.staged import depths, unwrap
 from growcore.ops import GrowThenCosine
@@ -174,13 +174,9 @@ def experiments(p: dict) -> dict[str, dict]:
 
 def load_split(data: dict):
     """The image split of a configuration (validation held out of the training images)."""
-    sizes = {"n_train": data["n_train"], "n_val": data["n_val"], "n_test": data["n_test"],
-             "seed": data["split_seed"]}
-    if data["name"] == "cifar10":
-        return cifar10(**sizes)
-    if data["name"] == "cifar100":
-        return cifar100(data["root"], **sizes)
-    return imagenet(data["root"], size=data["image_size"], **sizes)
+    return load_dataset(data["name"], data.get("root"), image_size=data.get("image_size", 64),
+                        n_train=data["n_train"], n_val=data["n_val"], n_test=data["n_test"],
+                        seed=data["split_seed"])
 
 
 def _plan(c: dict, ipe: int, tracker: MomentTracker | None):

@@ -321,16 +321,12 @@ def ts_experiments(p: dict) -> dict[str, dict]:
 def load_images(p: dict, device: str = "cpu") -> tuple[Split, dict]:
     """The image data set of the parameters: train and test images (uint8, on ``device``),
     and ``{"classes": [...], "source": "..."}``."""
-    from growcore.images import cifar10, cifar100, imagenet
+    from growcore.images import load_dataset
 
-    sizes = {"n_train": p["cifar_train"] or None, "n_test": p["cifar_test"] or None}
     dataset = p["image_dataset"]
-    if dataset == "cifar10":
-        images = cifar10(archive=p["cifar_archive"] or None, **sizes)
-    elif dataset == "cifar100":
-        images = cifar100(dataset_dir(dataset, p["data_root"]), **sizes)
-    else:
-        images = imagenet(dataset_dir(dataset, p["data_root"]), size=p["image_size"], **sizes)
+    images = load_dataset(dataset, dataset_dir(dataset, p["data_root"]) if dataset != "cifar10"
+                          else None, p["cifar_archive"] or None, p["image_size"],
+                          n_train=p["cifar_train"] or None, n_test=p["cifar_test"] or None)
     split = Split(images.X_train, images.y_train, images.X_test, images.y_test).to(device)
     return split, {"classes": list(images.classes), "source": images.source}
 

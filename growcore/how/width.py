@@ -79,7 +79,7 @@ class GradMax:
     norm: TargetNorm = field(default_factory=TargetNorm)
     conv_matrix: str = "exact"
     seed: int = 0
-    singular_values: dict = field(default_factory=dict, repr=False)  # site -> last sigma
+    singular_values: dict = field(default_factory=dict, init=False, repr=False)  # last sigma
 
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.seed)

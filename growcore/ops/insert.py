@@ -245,14 +245,14 @@ def _insert(model: nn.Module, path: str, index: int, module: nn.Module) -> None:
     container = model.get_submodule(path) if path else model
     entries = list(container)
     entries.insert(index, module)
-    rebuilt = type(container)(entries) if isinstance(container, nn.ModuleList) else \
-        nn.Sequential(*entries)
     if not path:  # the model itself is the container: refill it in place
         for name in list(container._modules):
             del container._modules[name]
         for i, entry in enumerate(entries):
             container.add_module(str(i), entry)
         return
+    rebuilt = (nn.ModuleList(entries) if isinstance(container, nn.ModuleList)
+               else nn.Sequential(*entries))
     parent, _, name = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, name, rebuilt)
 

@@ -39,7 +39,7 @@ from growcore.data import Split
 from growcore.losses import LOSSES, as_seed_batch
 from growcore.models.sites import width_sites
 from growcore.ops.widen import unit_sizes, width
-from growcore.stats.probe import FULL_CHUNK
+from growcore.stats.probe import FULL_CHUNK, unchanged_buffers
 
 CONV_MATRICES = ("exact", "auxiliary")
 CHUNK = 16  # examples per chunk when contracting convolution patches (memory bound)
@@ -77,36 +77,36 @@ def collect(model: nn.Module, sites: Sequence, split: Split, loss: str,
     """
     n = len(split.y_train)
     if batch_size is None:
-        batches = [(split.X_train[i:i + FULL_CHUNK], split.y_train[i:i + FULL_CHUNK])
-                   for i in range(0, n, FULL_CHUNK)]
+        batches = list(split.chunks(FULL_CHUNK))
     else:
         index = torch.randperm(n, generator=generator)[:batch_size].to(split.y_train.device)
         batches = [(split.X_train[index], split.y_train[index])]
     total = sum(len(y) for _, y in batches)
     data: dict[object, list[SiteData]] = {site: [] for site in sites}
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
-    for X, y in batches:
-        seen: dict[str, tuple] = {}
-        names = {name for site in sites for name in (site.producer, site.consumer)}
-        hooks = [model.get_submodule(name).register_forward_hook(
-                     lambda m, i, o, name=name, seen=seen: seen.update({name: (i[0].detach(), o)}))
-                 for name in names]
-        try:
-            value = LOSSES[loss](as_seed_batch(model(X)), y).sum()
-        finally:
-            for hook in hooks:
-                hook.remove()
-        grads = torch.autograd.grad(value, [seen[site.consumer][1] for site in sites])
-        for site, dz in zip(sites, grads):
-            h, z = seen[site.producer]
-            x_consumer = seen[site.consumer][0]
-            data[site].append(SiteData(h, dz.detach().reshape(len(X), dz.shape[1], -1),
-                                       tuple(z.shape[2:]), tuple(x_consumer.shape[2:]),
-                                       len(y) / total))
-    with torch.no_grad():  # BatchNorm running statistics: as if no forward pass happened
-        for name, b in model.named_buffers():
-            b.copy_(buffers[name])
+    with unchanged_buffers(model):
+        for X, y in batches:
+            _collect_batch(model, sites, X, y, loss, len(y) / total, data)
     return data
+
+
+def _collect_batch(model, sites, X, y, loss: str, weight: float, data: dict) -> None:
+    """One batch's statistics at ``sites``, appended to ``data`` with ``weight``."""
+    seen: dict[str, tuple] = {}
+    names = {name for site in sites for name in (site.producer, site.consumer)}
+    hooks = [model.get_submodule(name).register_forward_hook(
+                 lambda m, i, o, name=name: seen.update({name: (i[0].detach(), o)}))
+             for name in names]
+    try:
+        value = LOSSES[loss](as_seed_batch(model(X)), y).sum()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    grads = torch.autograd.grad(value, [seen[site.consumer][1] for site in sites])
+    for site, dz in zip(sites, grads):
+        h, z = seen[site.producer]
+        x_consumer = seen[site.consumer][0]
+        data[site].append(SiteData(h, dz.detach().reshape(len(X), dz.shape[1], -1),
+                                   tuple(z.shape[2:]), tuple(x_consumer.shape[2:]), weight))
 
 
 def _producer_patches(producer: nn.Module, h: torch.Tensor, grid: tuple) -> torch.Tensor:

@@ -51,9 +51,10 @@ def default_layers(model: nn.Module) -> list[nn.Module]:
     which BatchNorm cancels (see :func:`producer_layers` for the other reading). Any other
     model gives all its ``Linear`` and ``Conv2d`` modules in registration order.
     """
-    listed = (hasattr(model, "growth_sites") or hasattr(model, "width_sites")
-              or isinstance(model, nn.Sequential))
-    sites = width_sites(model) if listed else []
+    try:
+        sites = width_sites(model)
+    except TypeError:  # a model that lists no sites
+        sites = []
     if not sites:
         return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     names = [site.norm or site.producer for site in sites] + [sites[-1].consumer]

@@ -11,7 +11,11 @@ on, so that a second part asking for it does not recompute it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+
+import torch
+from torch import nn
 
 from growcore.data import Split
 from growcore.losses import LOSSES
@@ -46,6 +50,19 @@ class Probe:
         if key not in self.cache:
             self.cache[key] = compute()
         return self.cache[key]
+
+
+@contextlib.contextmanager
+def unchanged_buffers(model: nn.Module):
+    """Forward passes inside leave the model's buffers (BatchNorm running statistics) as
+    they were: a statistic is read, the model is not trained."""
+    saved = {name: b.clone() for name, b in model.named_buffers()}
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(saved[name])
 
 
 def data_of(stats: Probe | None, part) -> Split:

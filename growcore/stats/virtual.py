@@ -96,8 +96,7 @@ def module_merits(model: nn.Module, sites: list[DepthSite], split: Split,
     net.zero_grad(set_to_none=True)
     n = len(split.y_train)
     batches = (split.minibatches(batch_size, generator) if batch_size is not None else
-               ((split.X_train[i:i + FULL_CHUNK], split.y_train[i:i + FULL_CHUNK])
-                for i in range(0, n, FULL_CHUNK)))
+               split.chunks(FULL_CHUNK))
     for X, y in batches:
         value = LOSSES[loss](as_seed_batch(net(X)), y).sum() * (len(y) / n)
         value.backward()

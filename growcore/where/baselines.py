@@ -16,7 +16,7 @@ from torch import nn
 
 from growcore.losses import LOSSES, as_seed_batch
 from growcore.models.sites import DepthSite, Proposal, WidthSite
-from growcore.stats.probe import FULL_CHUNK, Probe, data_of
+from growcore.stats.probe import FULL_CHUNK, Probe, data_of, unchanged_buffers
 
 
 def weight_gradient_norms(model: nn.Module, sites: list[WidthSite], stats: Probe
@@ -26,17 +26,13 @@ def weight_gradient_norms(model: nn.Module, sites: list[WidthSite], stats: Probe
     ``.grad`` and BatchNorm statistics are left untouched."""
     split = data_of(stats, "GradientNorm")
     weights = [model.get_submodule(site.producer).weight for site in sites]
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
     n = len(split.y_train)
     total = [torch.zeros_like(w) for w in weights]
-    for start in range(0, n, FULL_CHUNK):
-        X, y = split.X_train[start:start + FULL_CHUNK], split.y_train[start:start + FULL_CHUNK]
-        value = LOSSES[stats.loss](as_seed_batch(model(X)), y).sum() * (len(y) / n)
-        for acc, grad in zip(total, torch.autograd.grad(value, weights)):
-            acc += grad
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            b.copy_(buffers[name])
+    with unchanged_buffers(model):
+        for X, y in split.chunks(FULL_CHUNK):
+            value = LOSSES[stats.loss](as_seed_batch(model(X)), y).sum() * (len(y) / n)
+            for acc, grad in zip(total, torch.autograd.grad(value, weights)):
+                acc += grad
     return {site.producer: float(g.norm()) for site, g in zip(sites, total)}
 
 

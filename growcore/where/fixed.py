@@ -59,8 +59,8 @@ class GrowToWidths:
 
     factor: float
     growths: int
-    initial: dict[str, int] = field(default_factory=dict)
-    done: int = 0
+    initial: dict[str, int] = field(default_factory=dict, init=False)  # read at the first call
+    done: int = field(default=0, init=False)  # growths so far
 
     kind: ClassVar[str] = "width"
 
