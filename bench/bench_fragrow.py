@@ -21,8 +21,10 @@ import time
 import torch
 
 from growcore.chapters import fragrow
+from growcore.driver import load_data, run_experiment
 from growcore.how import BlockInit
 from growcore.images import CIFAR10_CLASSES, DataNotFoundError, ImageSplit
+from growcore.models.factory import build_named
 from growcore.models.sites import depth_sites
 from growcore.ops import insert_modules, make_optimizer, rebuild_optimizer
 from growcore.runner import notebook_parameters
@@ -32,12 +34,12 @@ from growcore.where import StageOrder
 BENCH = {"seed_blocks": [1, 1, 1], "target_blocks": [3, 3, 3], "widths": [16, 32, 64],
          "regimes": ["bench"], "n_train": [1024], "epochs": [6], "finetune_min": [1],
          "augment": [True], "n_val": 256, "n_test": 256, "alphas": [], "tables": [5],
-         "n_seeds": 1, "device": "cpu", "threads": 2, "progress": False}
+         "n_seeds": 1, "device": "cpu", "progress": False}
 
 
 def split_for(data: dict):
     try:
-        return fragrow.load_split(data)
+        return load_data(data)
     except DataNotFoundError:
         generator = torch.Generator().manual_seed(0)
 
@@ -57,21 +59,22 @@ def normalised_time() -> None:
     runs = fragrow.experiments(p)
     split = split_for(next(iter(runs.values()))["data"])
     out = {}
+    options = {"split": split, "preset": "bench", "device": "cpu", "progress": False}
     with tempfile.TemporaryDirectory() as directory:
-        warm_up = {**next(iter(runs.values())), "epochs": 2}  # untimed: first calls are slow
-        fragrow.run("warm-up", warm_up, directory=directory, preset="bench", progress=False,
-                    split=split)
-        for name, config in runs.items():
-            out[config["method"]] = fragrow.run(name, config, directory=directory,
-                                                preset="bench", progress=False, split=split)
+        first = next(iter(runs.values()))  # untimed warm-up: first calls are slow
+        run_experiment({**first, "name": "warm-up", "train": {**first["train"], "epochs": 2}},
+                       directory=directory, **options)
+        for method in fragrow.methods(p["tables"], p["alphas"]):
+            config = runs[fragrow.run_name(p, p["regimes"][0], method, 0)]
+            out[method] = run_experiment(config, directory=directory, **options)
     large = out["large"]
     print(f"ResNet {p['seed_blocks']} -> {p['target_blocks']}, widths {p['widths']}, "
           f"{p['n_train'][0]} images, {p['epochs'][0]} epochs, batch {p['batch_size']}")
     for method, record in out.items():
         metrics, ipe = record["metrics"], record["iterations_per_epoch"]
-        per_epoch = record["wall_time_s"] / record["config"]["epochs"]
+        per_epoch = record["wall_time_s"] / record["config"]["train"]["epochs"]
         time_pc = 100 * record["wall_time_s"] / large["wall_time_s"]
-        cost_pc = 100 * metrics["cost_flops"] / large["metrics"]["cost_flops"]
+        cost_pc = 100 * metrics["total_cost_flops"][0] / large["metrics"]["total_cost_flops"][0]
         growth = [round(e["iteration"] / ipe, 2) for e in metrics["events"]]
         print(f"  {method:8s} {per_epoch:6.2f} s/epoch   time {time_pc:6.1f} %   "
               f"FLOPs {cost_pc:6.1f} %   growth at epochs {growth}")
@@ -79,7 +82,7 @@ def normalised_time() -> None:
 
 def growth_step_cost() -> None:
     torch.manual_seed(0)
-    model = fragrow.build_model("resnet", [1, 1, 1], [16, 32, 64], 10)
+    model = build_named("resnet", (3, 32, 32), 10, blocks=[1, 1, 1], widths=[16, 32, 64])
     opt = make_optimizer("sgd", model.parameters(), 0.1, momentum=0.9)
     X, y = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8), torch.arange(128) % 10
     torch.nn.functional.cross_entropy(model(X), y).backward()
@@ -90,7 +93,7 @@ def growth_step_cost() -> None:
     growth = insert_modules(model, proposals, BlockInit())
     rebuild_optimizer(opt, model, growth)
     grow_s = time.perf_counter() - start
-    target = fragrow.build_model("resnet", [3, 3, 3], [16, 32, 64], 10)
+    target = build_named("resnet", (3, 32, 32), 10, blocks=[3, 3, 3], widths=[16, 32, 64])
     start = time.perf_counter()
     for _ in range(3):
         torch.nn.functional.cross_entropy(target(X), y).backward()
@@ -99,7 +102,6 @@ def growth_step_cost() -> None:
           f"of the target (batch 128)")
 
 
-if __name__ == "__main__":
-    torch.set_num_threads(BENCH["threads"])
+if __name__ == "__main__":  # threads: torch's default, or OMP_NUM_THREADS
     normalised_time()
     growth_step_cost()

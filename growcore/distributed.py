@@ -21,7 +21,7 @@ examples. BatchNorm statistics are per rank (``SyncBatchNorm`` needs GPUs).
 
 The FRAGrow chapter's runs launch this way (one process per GPU)::
 
-    torchrun --standalone --nproc_per_node=8 -m growcore.chapters.fragrow --preset gpu \
+    torchrun --standalone --nproc_per_node=8 -m growcore.driver --chapter fragrow --preset gpu \
         --experiment "resnet CIFAR-10 FRAGrow s0"
 """
 

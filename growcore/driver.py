@@ -1,6 +1,6 @@
 """One driver for any experiment described by plain configuration.
 
-A configuration is a mapping (a YAML file for the command line) with five sections::
+A configuration is a mapping (a YAML file for the command line) with these sections::
 
     name: vgg nagn x gradmax
     seeds: [0, 1, 2]
@@ -12,27 +12,63 @@ A configuration is a mapping (a YAML file for the command line) with five sectio
 
 ``plan`` is optional (a fixed network) and is written by the names of
 :mod:`growcore.registry`; the driver offers every part the values that depend on the run
-(``iterations_per_epoch``, ``total_epochs``, ``seed``). Everything is checked before any
-compute: unknown names and keys, bad values, and a plan that does not fit the model (built
-for the first seed and checked against it). Each seed trains its own network (seed-batched
-models train all seeds as one tensor program); one record holds all seeds: the final test
-and training errors in eval mode, the evaluations, the growth events, parameters, FLOPs,
-wall times and, per seed, the plan's full description.
+(``iterations_per_epoch``, ``total_epochs``, ``seed``, ``loss``). Everything is checked before
+any compute: unknown names and keys, bad values, and a plan that does not fit the model (built
+for the first seed and checked against it).
+
+Options beyond the obvious ones:
+
+- ``data.per_seed: true``: seed ``s`` draws its own data (``split_seed = s``; the
+  teacher-student task, where the seed fixes the teacher too). ``data.dtype`` (``float32`` or
+  ``float64``) for the generated data sets.
+- ``model.per_seed: {"3": {option: value}}``: options of one seed's model (e.g. the static
+  baseline of each seed's grown size); ``model.dtype`` for the seed-batched nets.
+- ``train.init_seed``: seed ``s``'s model is initialised after ``torch.manual_seed(init_seed +
+  s)``; ``train.test_in_loop: false`` measures the test set only once, after training;
+  ``train.log: epoch`` keeps the per-iteration series (loss, learning rate, size, cost) at
+  the first iteration of every epoch only; ``train.step_metrics: [grad_norm]`` records a
+  metric after every backward pass (:data:`STEP_METRICS`).
+
+Each seed trains its own network; a seed-batched model trains all seeds as one tensor program
+(seeds whose growth chooses sites of different shapes are rerun grouped by their choice).
+Under torchrun (``world > 1``) every rank trains a DDP-wrapped network on its shard of the
+training set with ``batch_size / world`` examples per step, growth decided on rank 0
+(:mod:`growcore.distributed`); rank 0 saves the record.
+
+One record holds all seeds. ``metrics`` maps each key to a list with one entry per seed, in
+the order of ``seeds`` (``metrics["seed"]``): the per-iteration series ``loss``,
+``test_error`` (the test metric measured inside the loop, held between evaluations),
+``n_params``, ``cost_flops``, ``wall_time``, ``lr`` and the step metrics; ``evals`` (each
+evaluation's iteration and this seed's ``train_error``, ``val_error``, ``test_error``);
+``final_test`` and ``final_train`` (the final model in eval mode); ``total_cost_flops`` (the
+training FLOPs after the last iteration, also where ``log: epoch`` thins the series);
+``final_model`` (its architecture, with ``depths`` for a staged model), ``plan`` (the plan's
+full description), ``when`` (what the when-policy observed: NAGN's stop, FRAGrow's trace),
+``growth_time`` and ``step_time``; ``metrics["events"]`` is the flat list of growth events,
+each naming its seeds.
 
 Command line::
 
     python -m growcore.driver run.yml [--out DIR] [--preset NAME] [--device auto|cpu|cuda]
+    python -m growcore.driver --chapter fragrow --preset gpu --list
+    torchrun --nproc_per_node=8 -m growcore.driver --chapter fragrow --preset gpu \\
+        --experiment "resnet CIFAR-10 FRAGrow s0"
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import glob
+import importlib
 import math
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -42,44 +78,62 @@ from growcore.data import Split, spiral, teacher_student
 from growcore.losses import LOSSES
 from growcore.models.factory import MODELS, ModelError, build_named
 from growcore.models.seed_batched import SeedBatchedNet
-from growcore.ops import GrowThenCosine
+from growcore.models.sites import width_sites
+from growcore.models.staged import depths, is_staged, unwrap
+from growcore.ops import GrowThenCosine, width
 from growcore.params import ParameterError, Spec, check, require
-from growcore.plan import PlanError
+from growcore.plan import GrowthPlan, PlanError, apply_growth
 from growcore.registry import build_plan
 from growcore.runtime import resolve_device
-from growcore.train import evaluate, train
+from growcore.train import DivergentGrowth, evaluate, train
 
 SECTIONS = ("name", "seeds", "data", "model", "train", "plan")
 SCHEDULES = ("constant", "cosine", "grow_then_cosine")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CHAPTERS = ("sensli", "gradmax", "nagn", "fragrow")
+
+
+def gradient_norm(model) -> torch.Tensor:
+    """Norm of the flattened gradient of all parameters (GradMax Fig. 2b), one seed."""
+    return torch.cat([p.grad.flatten() for p in model.parameters()]).norm().view(1)
+
+
+STEP_METRICS: dict[str, Callable] = {"grad_norm": gradient_norm}
 TRAIN = {
     "iterations": Spec(int, minimum=1), "epochs": Spec(float, minimum=0),
     "batch_size": Spec(int, minimum=1), "lr": Spec(float, minimum=0),
     "optimizer": Spec(str, choices=("sgd", "adam", "adamw")), "momentum": Spec(float, minimum=0),
     "weight_decay": Spec(float, minimum=0), "loss": Spec(str, choices=tuple(LOSSES)),
     "evals_per_epoch": Spec(int, minimum=1), "eval_every": Spec(int, minimum=1),
-    "schedule": Spec(str, choices=SCHEDULES), "augment": Spec(bool)}
+    "schedule": Spec(str, choices=SCHEDULES), "init_seed": Spec(int, minimum=0),
+    "test_in_loop": Spec(bool), "eval_batch_size": Spec(int, minimum=1),
+    "log": Spec(str, choices=("iteration", "epoch")),
+    "step_metrics": Spec(list, item=str, choices=tuple(STEP_METRICS))}
 TRAIN_DEFAULTS = {"batch_size": None, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
-                  "loss": "cross_entropy", "schedule": "constant", "augment": False}
+                  "loss": "cross_entropy", "schedule": "constant", "init_seed": 0,
+                  "test_in_loop": True, "eval_batch_size": 2048, "log": "iteration",
+                  "step_metrics": []}
 
 
 # ---------------------------------------------------------------- data
 def _images(name: str):
-    def load(n_train=None, n_val=0, n_test=None, split_seed=0, root=None, image_size=64):
+    def load(n_train=None, n_val=0, n_test=None, split_seed=0, root=None, archive=None,
+             image_size=64):
         from growcore.images import load_dataset
 
         require(name == "cifar10" or root is not None, "data.root",
                 f"{name} is read from a folder: give its root")
-        return load_dataset(name, root, image_size=image_size, n_train=n_train, n_val=n_val,
-                            n_test=n_test, seed=split_seed)
+        return load_dataset(name, root, archive, image_size=image_size, n_train=n_train,
+                            n_val=n_val, n_test=n_test, seed=split_seed)
     return load
 
 
-def _spiral(n_per_class=300, test_fraction=0.25, split_seed=0):
-    return spiral(n_per_class, test_fraction, split_seed)
+def _spiral(n_per_class=300, test_fraction=0.25, split_seed=0, dtype="float32"):
+    return spiral(n_per_class, test_fraction, split_seed, dtype=DTYPES[dtype])
 
 
-def _teacher_student(teacher=(20, 10, 10), n_points=1000, split_seed=0):
-    return teacher_student(list(teacher), n_points, split_seed)[0]
+def _teacher_student(teacher=(20, 10, 10), n_points=1000, split_seed=0, dtype="float32"):
+    return teacher_student(list(teacher), n_points, split_seed, DTYPES[dtype])[0]
 
 
 DATA: dict[str, Callable[..., Split]] = {
@@ -88,9 +142,30 @@ DATA: dict[str, Callable[..., Split]] = {
     "imagenet": _images("imagenet")}
 
 
+def load_data(spec: dict, seed: int | None = None) -> Split:
+    """The data of a configuration's ``data`` section (for ``seed`` with ``per_seed``)."""
+    options = {k: v for k, v in spec.items() if k not in ("name", "augment", "per_seed")}
+    if spec.get("per_seed"):
+        options["split_seed"] = seed
+    try:
+        return DATA[spec["name"]](**options)
+    except TypeError as error:
+        raise ParameterError(f"data {spec['name']!r}: {error}") from error
+    except KeyError as error:
+        raise ParameterError(f"data.dtype must be one of {sorted(DTYPES)}; got "
+                             f"{spec.get('dtype')!r}") from error
+
+
 # ---------------------------------------------------------------- models
+def model_spec(spec: dict, seeds: list[int]) -> dict:
+    """``spec`` with the options of ``model.per_seed`` for a one-seed group applied."""
+    own = spec.get("per_seed", {}).get(str(seeds[0]), {}) if len(seeds) == 1 else {}
+    return {**{k: v for k, v in spec.items() if k != "per_seed"}, **own}
+
+
 def build_model(spec: dict, split: Split, seeds: list[int]) -> nn.Module:
     """The model of ``spec`` (``{"name": ..., options}``) for the data of ``split``."""
+    spec = model_spec(spec, seeds)
     name = spec.get("name")
     if name not in MODELS:
         raise ParameterError(f"model.name must be one of {sorted(MODELS)}, got {name!r}")
@@ -99,10 +174,27 @@ def build_model(spec: dict, split: Split, seeds: list[int]) -> nn.Module:
     if hasattr(split, "classes"):
         classes = len(split.classes)
     options = {k: v for k, v in spec.items() if k != "name"}
+    if "dtype" in options:
+        require(options["dtype"] in DTYPES, "model.dtype",
+                f"must be one of {sorted(DTYPES)}; got {options['dtype']!r}")
+        options["dtype"] = DTYPES[options["dtype"]]
     try:
         return build_named(name, split.X_train.shape[1:], classes, seeds, **options)
     except ModelError as error:
         raise ParameterError(str(error)) from error
+
+
+def architecture(model: nn.Module) -> dict:
+    """What a (grown) model is: its ``spec()`` where it has one, else its class, its blocks
+    per stage and the width of every width site."""
+    if hasattr(model, "spec"):
+        spec = model.spec()
+        return {**spec, "depths": depths(model)} if is_staged(model) else spec
+    found: dict = {"class": type(model).__name__}
+    if is_staged(model):
+        found["depths"] = depths(model)
+    found["widths"] = {site.name: width(model, site) for site in width_sites(model)}
+    return found
 
 
 # ---------------------------------------------------------------- checking
@@ -121,6 +213,11 @@ def validate(config: dict) -> dict:
                 "must be a mapping with a 'name'")
     require(config["data"]["name"] in DATA, "data.name",
             f"must be one of {sorted(DATA)}; got {config['data']['name']!r}")
+    per_seed = config["model"].get("per_seed", {})
+    require(isinstance(per_seed, dict) and all(isinstance(v, dict) for v in per_seed.values())
+            and set(per_seed) <= {str(s) for s in config["seeds"]}, "model.per_seed",
+            f"must map seeds of {config['seeds']} (as strings) to option mappings; "
+            f"got {per_seed!r}")
     train_spec = dict(config["train"])
     bad = sorted(set(train_spec) - set(TRAIN))
     require(not bad, "train", f"unknown option(s) {bad}; valid: {sorted(TRAIN)}")
@@ -133,16 +230,30 @@ def validate(config: dict) -> dict:
     return {**config, "train": {**TRAIN_DEFAULTS, **train_spec}, "plan": config.get("plan")}
 
 
-def _iterations(train_spec: dict, n_train: int) -> tuple[int, int]:
-    """(iterations, iterations per epoch)."""
-    batch = train_spec["batch_size"]
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every seed group of a run shares: the loop's counts and the plan's context."""
+
+    iterations: int
+    per_epoch: int
+    eval_every: int
+    batch_size: int | None
+    context: dict
+
+
+def _setup(train_spec: dict, n_train: int, world: int) -> Setup:
+    batch = train_spec["batch_size"] // world if train_spec["batch_size"] else None
     per_epoch = max(1, math.ceil(n_train / batch)) if batch else 1
-    if "iterations" in train_spec:
-        return train_spec["iterations"], per_epoch
-    return max(1, round(train_spec["epochs"] * per_epoch)), per_epoch
+    iterations = (train_spec["iterations"] if "iterations" in train_spec
+                  else max(1, round(train_spec["epochs"] * per_epoch)))
+    eval_every = (train_spec.get("eval_every")
+                  or max(1, per_epoch // train_spec.get("evals_per_epoch", 1)))
+    context = {"iterations_per_epoch": per_epoch, "total_epochs": iterations / per_epoch,
+               "loss": train_spec["loss"]}
+    return Setup(iterations, per_epoch, eval_every, batch, context)
 
 
-def _plan(spec: dict | None, context: dict):
+def _plan(spec: dict | None, context: dict) -> GrowthPlan | None:
     if spec is None:
         return None
     try:
@@ -154,7 +265,9 @@ def _plan(spec: dict | None, context: dict):
 # ---------------------------------------------------------------- running
 def run_experiment(config: dict, *, split: Split | None = None, directory=None,
                    preset: str = "custom", device: str = "auto", progress: bool = True,
-                   save: bool = True, check_only: bool = False) -> dict:
+                   save: bool = True, check_only: bool = False, keep_models: bool = False,
+                   reuse: bool = False, batched: bool = True, rank: int = 0,
+                   world: int = 1) -> dict:
     """Run a configuration for all its seeds; return (and save) its record.
 
     Parameters
@@ -162,30 +275,45 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
     config : dict
         See the module docstring.
     split : Split, optional
-        Data to use instead of ``config["data"]`` (tests, or data already loaded).
+        Data to use instead of ``config["data"]`` (tests, or data already loaded); not with
+        ``data.per_seed``.
     directory : path, optional
         Where the record goes (default ``$GROWCORE_RESULTS``).
     check_only : bool
         Load the data, build the first seed's model and plan, check them, and return the
         validated configuration without training.
+    keep_models : bool
+        Keep a copy of every seed's model just before each growth, as
+        ``record["models_at_growth"]`` (per seed; not saved).
+    batched : bool
+        False trains a seed-batched model one seed at a time (the reference the batched
+        program must reproduce).
+    reuse : bool
+        Return the newest saved record of this name and configuration in ``directory`` if
+        there is one, written by one process or a torchrun launch (:func:`saved_record`),
+        instead of running.
+    rank, world : int
+        This process's rank and the number of processes (torchrun, see
+        :func:`growcore.distributed.init_from_environment`).
     """
     config = validate(config)
+    stored = config if world == 1 else {**config, "world_size": world}  # a different run
+    if reuse:
+        found = saved_record(config, directory or results.results_dir())
+        if found is not None:
+            return found
     device = resolve_device(device)
-    t = config["train"]
-    if split is None:
-        options = {k: v for k, v in config["data"].items() if k not in ("name", "augment")}
-        try:
-            split = DATA[config["data"]["name"]](**options)
-        except TypeError as error:
-            raise ParameterError(f"data {config['data']['name']!r}: {error}") from error
-    split = split.to(device)
-    iterations, per_epoch = _iterations(t, len(split.y_train))
-    eval_every = t.get("eval_every") or max(1, per_epoch // t.get("evals_per_epoch", 1))
-    context = {"iterations_per_epoch": per_epoch, "total_epochs": iterations / per_epoch,
-               "loss": t["loss"]}
-    seeds = config["seeds"]
-    first = build_model(config["model"], split, seeds[:1])  # everything checked before compute
-    plan = _plan(config["plan"], {**context, "seed": seeds[0]})
+    seeds, per_seed_data = config["seeds"], bool(config["data"].get("per_seed"))
+    require(split is None or not per_seed_data, "data.per_seed",
+            "data drawn per seed cannot come from a given split")
+    first_split = (split or load_data(config["data"], seeds[0])).to(device)
+    first = build_model(config["model"], first_split, seeds[:1])  # checked before compute
+    batched = batched and isinstance(first, SeedBatchedNet)
+    require(not (batched and per_seed_data), "data.per_seed",
+            "a seed-batched model trains all seeds on the same data")
+    require(world == 1 or not batched, "world", "seed-batched models run in one process")
+    setup = _setup(config["train"], len(first_split.y_train) // world, world)
+    plan = _plan(config["plan"], {**setup.context, "seed": seeds[0]})
     if plan is not None:
         try:
             plan.check(first)
@@ -193,23 +321,53 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
             raise ParameterError(f"'plan': {error}") from error
     if check_only:
         return config
-    batched = isinstance(first, SeedBatchedNet)
-    groups = [seeds] if batched else [[s] for s in seeds]
-    start, runs = time.perf_counter(), []
-    for group in groups:
-        runs.append(_run_group(config, group, split, iterations, per_epoch, eval_every,
-                               context, device, progress))
-    metrics = {key: [value for run in runs for value in run[key]] for key in runs[0]
-               if key != "events"}
-    metrics["events"] = [event for run in runs for event in run["events"]]
-    record = results.make_record(config["name"], config, preset=preset, seeds=seeds,
-                                 device=device, wall_time_s=time.perf_counter() - start,
-                                 iterations=iterations, iterations_per_epoch=per_epoch,
-                                 batched_seeds=batched, metrics=metrics)
-    return results.store(record, directory, save)
+    pending = [list(seeds)] if batched else [[s] for s in seeds]
+    start, done, regrouped = time.perf_counter(), [], False
+    while pending:
+        group = pending.pop(0)
+        data = (first_split if not per_seed_data or group[0] == seeds[0]
+                else load_data(config["data"], group[0]).to(device))
+        try:
+            done.append(_run_group(config, group, data, setup, device, progress, rank, world,
+                                   keep_models))
+        except DivergentGrowth as divergence:
+            if len(group) == 1:
+                raise
+            # seeds chose sites of different shapes: rerun them grouped by their choice
+            choices: dict[str, list[int]] = {}
+            for seed, site in zip(divergence.seeds, divergence.sites):
+                choices.setdefault(repr(site), []).append(seed)
+            pending.extend(choices.values())
+            regrouped = True
+    metrics = _merge(done, seeds)
+    record = results.make_record(
+        config["name"], stored, preset=preset, seeds=seeds, device=device,
+        wall_time_s=time.perf_counter() - start, iterations=setup.iterations,
+        iterations_per_epoch=setup.per_epoch, batched_seeds=batched,
+        seed_groups=[run["seed"] for run in done], regrouped=regrouped, world_size=world,
+        metrics=metrics)
+    record = results.store(record, directory, save and rank == 0)
+    if keep_models:
+        record["models_at_growth"] = [m for run in done for m in run["models_at_growth"]]
+    return record
 
 
-def _schedule(name: str, iterations: int, plan) -> Callable | None:
+def saved_record(config: dict, directory) -> dict | None:
+    """The newest record of ``config`` saved in ``directory``, by one process or by a torchrun
+    launch of any size (whose stored configuration adds ``world_size``); None if none is."""
+    config = validate(config)
+    want = results.config_hash(config)
+    paths = sorted(Path(directory).glob(f"{glob.escape(config['name'])}--*.json"),
+                   key=lambda path: path.name.rsplit("--", 1)[-1], reverse=True)
+    for path in paths:
+        record = results.load_record(path)
+        own = {k: v for k, v in record["config"].items() if k != "world_size"}
+        if results.config_hash(own) == want:
+            return record
+    return None
+
+
+def _schedule(name: str, iterations: int, plan: GrowthPlan | None) -> Callable | None:
     if name == "cosine":
         return lambda t, history: 0.5 * (1 + math.cos(math.pi * t / iterations))
     if name == "grow_then_cosine":
@@ -218,49 +376,125 @@ def _schedule(name: str, iterations: int, plan) -> Callable | None:
     return None
 
 
-def _run_group(config, seeds, split, iterations, per_epoch, eval_every, context, device,
-               progress) -> dict:
+def _distributed(model: nn.Module, plan: GrowthPlan | None, device: str):
+    from growcore.distributed import Agreed, distributed_op, wrap
+
+    if plan is not None:
+        plan = GrowthPlan(Agreed(plan.when, device), plan.where, plan.how,
+                          op=distributed_op(apply_growth), lr_factor=plan.lr_factor)
+    return wrap(model), plan
+
+
+def _run_group(config: dict, seeds: list[int], split: Split, setup: Setup, device: str,
+               progress: bool, rank: int, world: int, keep_models: bool = False) -> dict:
     t = config["train"]
-    torch.manual_seed(seeds[0])
+    torch.manual_seed(t["init_seed"] + seeds[0])
     model = build_model(config["model"], split, seeds).to(device)
-    plan = _plan(config["plan"], {**context, "seed": seeds[0]})
+    plan = _plan(config["plan"], {**setup.context, "seed": seeds[0]})
+    schedule = _schedule(t["schedule"], setup.iterations, plan)
+    policy = plan.when if plan is not None else None
+    loop_split = split if t["test_in_loop"] else dataclasses.replace(split, X_test=None,
+                                                                       y_test=None)
+    if world > 1:
+        from growcore.distributed import shard
+
+        loop_split = shard(loop_split, rank, world)
+        model, plan = _distributed(model, plan, device)
+    kept: list = []
     augment = None
     if config["data"].get("augment"):
         from growcore.images import augment_cifar
         augment = augment_cifar
     final, history = train(
-        model, split, iterations=iterations, lr=t["lr"], optimizer=t["optimizer"],
-        momentum=t["momentum"], weight_decay=t["weight_decay"], batch_size=t["batch_size"],
-        loss=t["loss"], plan=plan, eval_every=eval_every,
-        lr_schedule=_schedule(t["schedule"], iterations, plan), augment=augment,
-        seed=seeds[0], progress=progress, desc=f"{config['name']} seeds {seeds}")
-    h = history.as_dict()
-    n = len(seeds)
-    test = (evaluate(final, split.X_test, split.y_test, t["loss"]).tolist()
+        model, loop_split, iterations=setup.iterations, lr=t["lr"], optimizer=t["optimizer"],
+        momentum=t["momentum"], weight_decay=t["weight_decay"], batch_size=setup.batch_size,
+        loss=t["loss"], plan=plan, eval_every=setup.eval_every,
+        step_metrics={name: STEP_METRICS[name] for name in t["step_metrics"]},
+        lr_schedule=schedule, augment=augment, seed=seeds[0], progress=progress,
+        before_growth=(lambda m: kept.append(copy.deepcopy(m))) if keep_models else None,
+        desc=f"{config['name']} seeds {seeds}")
+    if world > 1:
+        final = unwrap(final)
+    n, size = len(seeds), t["eval_batch_size"]
+    test = (evaluate(final, split.X_test, split.y_test, t["loss"], size).tolist()
             if split.X_test is not None else [None] * n)
-    train_metric = evaluate(final, split.X_train, split.y_train, t["loss"]).tolist()
-    return {"seed": list(seeds), "test_metric": test, "train_metric": train_metric,
-            "n_params": [h["n_params"][-1]] * n, "cost_flops": [h["cost_flops"][-1]] * n,
-            "wall_time_s": [h["wall_time"][-1]] * n, "evals": [h["evals"]] * n,
-            "plan": [h["plan"]] * n, "events": h["events"]}
+    train_metric = evaluate(final, split.X_train, split.y_train, t["loss"], size).tolist()
+    h = history.as_dict()
+    every = setup.per_epoch if t["log"] == "epoch" else 1
+    shared = {key: h[key][::every] for key in ("n_params", "cost_flops", "wall_time", "lr")}
+    series = ["loss", *t["step_metrics"], *(["test_error"] if h["test_error"] else [])]
+    report = getattr(getattr(policy, "policy", policy), "report", dict)
+    growth_time = [e["seconds"] for e in h["events"]]
+    return {"seed": list(seeds),
+            **{key: [h[key][i][::every] for i in range(n)] for key in series},
+            **{key: [value] * n for key, value in shared.items()},
+            "evals": [_evals_of(h["evals"], i) for i in range(n)],
+            "final_test": test, "final_train": train_metric,
+            "total_cost_flops": [h["cost_flops"][-1]] * n,
+            "final_model": [architecture(final)] * n, "plan": [h["plan"]] * n,
+            "when": [report()] * n, "growth_time": [growth_time] * n,
+            "step_time": [float(np.diff(h["wall_time"]).mean()) if setup.iterations > 1
+                          else None] * n,
+            "events": _events_of(h["events"], seeds), "models_at_growth": [kept] * n}
+
+
+def _events_of(events: list[dict], seeds: list[int]) -> list[dict]:
+    """The growth events of a seed group; those of a one-seed group name its seed (a model
+    that is not seed-batched reports seed 0)."""
+    return [{**e, "seeds": list(seeds)} for e in events] if len(seeds) == 1 else events
+
+
+def _evals_of(evals: list[dict], i: int) -> list[dict]:
+    """The evaluations of seed ``i`` of a group: per-seed values as plain numbers."""
+    return [{k: v[i] if isinstance(v, list) else v for k, v in e.items()} for e in evals]
+
+
+def _merge(done: list[dict], seeds: list[int]) -> dict:
+    """Metrics of seed groups, one entry per seed in the order of ``seeds``; events flat."""
+    keys = [k for k in done[0] if k not in ("seed", "events", "models_at_growth")]
+    position = {seed: (g, i) for g, run in enumerate(done) for i, seed in enumerate(run["seed"])}
+    merged = {key: [done[position[s][0]][key][position[s][1]] for s in seeds] for key in keys}
+    merged["seed"] = list(seeds)
+    merged["events"] = [event for run in done for event in run["events"]]
+    return merged
+
+
+# ---------------------------------------------------------------- chapters
+def chapter_experiments(chapter: str, preset: str) -> dict[str, dict]:
+    """The driver configurations of a chapter's runs under ``preset``, name -> config."""
+    require(chapter in CHAPTERS, "chapter", f"must be one of {CHAPTERS}; got {chapter!r}")
+    module = importlib.import_module(f"growcore.chapters.{chapter}")
+    return module.experiments(module.notebook_parameters(preset))
 
 
 # ---------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m growcore.driver", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="a YAML file with the sections " + ", ".join(SECTIONS))
-    parser.add_argument("--out", default=None, help="folder of the record "
-                        "(default $GROWCORE_RESULTS/driver/<preset>)")
-    parser.add_argument("--preset", default="custom", help="label stored in the record")
+    parser.add_argument("config", nargs="?",
+                        help="a YAML file with the sections " + ", ".join(SECTIONS))
+    parser.add_argument("--chapter", choices=CHAPTERS,
+                        help="run the experiments of a chapter's preset instead of a file")
+    parser.add_argument("--experiment", action="append", metavar="NAME",
+                        help="with --chapter: run name (repeatable; default: every run)")
+    parser.add_argument("--list", action="store_true", help="with --chapter: print the names")
+    parser.add_argument("--out", default=None, help="folder of the records (default "
+                        "$GROWCORE_RESULTS/driver/<preset>, or /<chapter>/<preset>)")
+    parser.add_argument("--preset", default=None, help="label stored in the record; with "
+                        "--chapter the chapter's preset (default gpu)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--check", action="store_true",
                         help="check the configuration, data, model and plan; train nothing")
     args = parser.parse_args(argv)
+    if (args.config is None) == (args.chapter is None):
+        parser.error("give a configuration file or --chapter, not both")
     try:
+        if args.chapter:
+            return _run_chapter(args, parser)
+        preset = args.preset or "custom"
         config = yaml.safe_load(Path(args.config).read_text())
-        out = args.out or results.results_dir() / "driver" / args.preset
-        record = run_experiment(config, directory=out, preset=args.preset, device=args.device,
+        out = args.out or results.results_dir() / "driver" / preset
+        record = run_experiment(config, directory=out, preset=preset, device=args.device,
                                 check_only=args.check)
     except (OSError, ParameterError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -269,6 +503,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{record['name']}: configuration, data, model and plan are valid")
         return 0
     print(f"{record['name']}: {record['wall_time_s']:.1f} s -> {record['path']}")
+    return 0
+
+
+def _run_chapter(args, parser) -> int:
+    from growcore.distributed import init_from_environment
+
+    preset = args.preset or "gpu"
+    runs = chapter_experiments(args.chapter, preset)
+    if args.list:
+        print("\n".join(runs))
+        return 0
+    unknown = sorted(set(args.experiment or ()) - set(runs))
+    if unknown:
+        parser.error(f"unknown experiment(s) {unknown}; valid: {sorted(runs)}")
+    rank, world = init_from_environment() if not args.check else (0, 1)
+    device = resolve_device(args.device)
+    if device == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
+    out = args.out or results.results_dir() / args.chapter / preset
+    for name in args.experiment or runs:
+        record = run_experiment(runs[name], directory=out, preset=preset, device=device,
+                                progress=rank == 0, check_only=args.check, rank=rank,
+                                world=world)
+        if rank == 0 and not args.check:
+            print(f"{name}: {record['wall_time_s']:.0f} s -> {record.get('path')}")
     return 0
 
 

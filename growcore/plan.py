@@ -21,12 +21,14 @@ parts and what would fit.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from growcore.models.seed_batched import SeedBatchedNet
-from growcore.models.sites import growth_sites
-from growcore.ops import insert_layers, insert_modules, widen
+from growcore.models.sites import Proposal, growth_sites
+from growcore.ops import insert_layers, insert_modules, widen, widen_seeds
 from growcore.stats.probe import Probe
 
 KINDS = ("width", "depth")
@@ -56,6 +58,8 @@ def apply_growth(model, proposals, how, stats=None):
     if len(kinds) > 1:
         raise PlanError("one growth step grows in width or in depth, not both")
     if kinds == {"width"}:
+        if isinstance(model, SeedBatchedNet):
+            return widen_seeds(model, proposals, how, stats)
         return widen(model, proposals, how, stats)
     if isinstance(model, SeedBatchedNet):
         return insert_layers(model, proposals, how, stats)
@@ -83,6 +87,7 @@ class GrowthPlan:
     how: object
     op: Callable = apply_growth
     lr_factor: float = 1.0
+    _seed_parts: list = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self):
         where, how = kind_of(self.where, "where"), kind_of(self.how, "how")
@@ -136,12 +141,39 @@ class GrowthPlan:
                             f"{self.how.refuses(model, sites[0])}")
 
     def propose(self, model, probe: Probe) -> tuple[list, dict]:
-        """The where-criterion's proposals for ``model`` and its info dict."""
-        return self.where(model, self.candidates(model), probe)
+        """The where-criterion's proposals for ``model`` and its info dict.
+
+        Width growth of a seed-batched net asks a copy of the criterion per seed, on that
+        seed's network (``model.seed_module(i)``), and tags each proposal with its seed.
+        """
+        if not self._per_seed(model):
+            return self.where(model, self.candidates(model), probe)
+        proposals, infos = [], []
+        for i, (where, _) in enumerate(self.seed_parts(model)):
+            found, info = where(model.seed_module(i), self.candidates(model), probe)
+            proposals += [Proposal(p.site, p.amount, seed=i) for p in found]
+            infos.append(info)
+        return proposals, {"per_seed": infos}
 
     def apply(self, model, proposals, probe: Probe):
-        """The operator with the how-initialiser: the :class:`growcore.ops.Growth`."""
+        """The operator with the how-initialiser (one per seed for the width growth of a
+        seed-batched net): the :class:`growcore.ops.Growth`."""
+        if self._per_seed(model):
+            return self.op(model, proposals, [how for _, how in self.seed_parts(model)], probe)
         return self.op(model, proposals, self.how, probe)
+
+    def _per_seed(self, model) -> bool:
+        return self.kind == "width" and isinstance(model, SeedBatchedNet)
+
+    def seed_parts(self, model) -> list[tuple]:
+        """(where, how) of every seed of a seed-batched ``model``: copies made at the first
+        growth and kept (stateful criteria count their own growths), each part with a
+        ``seed`` rebuilt with that seed's value, so that a seed's random draws are those it
+        makes when it runs alone."""
+        if len(self._seed_parts) != model.n_seeds:
+            self._seed_parts = [(_for_seed(self.where, s), _for_seed(self.how, s))
+                                for s in model.seeds]
+        return self._seed_parts
 
     def describe(self) -> dict:
         """The plan's full description: enough to rebuild it (see :mod:`growcore.registry`)."""
@@ -149,6 +181,16 @@ class GrowthPlan:
                 "how": describe_part(self.how), "kind": self.kind,
                 "op": getattr(self.op, "__name__", type(self.op).__name__),
                 "lr_factor": self.lr_factor}
+
+
+def _for_seed(part, seed: int):
+    """A fresh copy of ``part`` whose ``seed`` option is ``seed`` (a plain copy if it has none)."""
+    if dataclasses.is_dataclass(part) and any(f.name == "seed" and f.init
+                                              for f in dataclasses.fields(part)):
+        return dataclasses.replace(part, seed=seed)
+    if hasattr(part, "seed") and hasattr(part, "generator"):  # e.g. KaimingNew
+        return type(part)(seed=seed)
+    return copy.deepcopy(part)
 
 
 def _site_kinds(model) -> str:

@@ -8,6 +8,7 @@ writes a second file next to the first, and :func:`latest` finds the newest.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -86,7 +87,7 @@ def load_record(path: str | Path) -> dict:
 
 def latest(name: str, config: dict, directory: str | Path) -> dict | None:
     """The newest record named ``name`` with this configuration, or None."""
-    paths = sorted(Path(directory).glob(f"{name}--{config_hash(config)}--*.json"))
+    paths = sorted(Path(directory).glob(f"{glob.escape(name)}--{config_hash(config)}--*.json"))
     return load_record(paths[-1]) if paths else None
 
 

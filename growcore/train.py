@@ -64,7 +64,7 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
           step_metrics: dict[str, Callable] | None = None,
           lr_schedule: Callable | None = None, augment: Callable | None = None,
           observers: list | None = None, seed: int = 0, progress: bool = True,
-          desc: str = "train"):
+          before_growth: Callable | None = None, desc: str = "train"):
     """Train a model, growing it when the plan says so.
 
     Parameters
@@ -100,6 +100,8 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
         attached without being listed here.
     seed : int
         Seed of the mini-batch order and of the augmentation.
+    before_growth : callable ``(model) -> None``, optional
+        Called with the model just before each growth step (e.g. to keep a copy of it).
 
     Returns
     -------
@@ -129,6 +131,8 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
             since_eval = []
         if plan is not None and plan.when(TrainState(t, history, model, per_epoch)):
             _detach(observers)
+            if before_growth is not None:
+                before_growth(model)
             model, opt, info = grow(model, opt, split, plan, loss)
             base_lr *= plan.lr_factor
             cost += info.pop("cost_flops", 0)
@@ -266,21 +270,27 @@ def flops_per_example(model) -> int:
 
 
 def grow(model, opt, split: Split, plan: GrowthPlan, loss: str = "cross_entropy"):
-    """One growth step: where -> how -> op -> optimiser state carried."""
+    """One growth step: where -> how -> op -> optimiser state carried; the event's info
+    includes the step's ``seconds``."""
+    start = time.perf_counter()
     probe = Probe(split, loss)
     proposals, info = plan.propose(model, probe)
     try:
         growth = plan.apply(model, proposals, probe)
     except SeedShapeMismatch as error:
         seeds = list(getattr(model, "seeds", [0]))
-        chosen = {p.seed: p.site.position for p in proposals}
+        chosen: dict = {}
+        for p in proposals:  # a depth site's position, or the width sites and their units
+            choice = p.site.position if p.site.kind == "depth" else (p.site.name, p.amount)
+            chosen.setdefault(p.seed, []).append(choice)
         raise DivergentGrowth(seeds, [chosen.get(s) for s in range(len(seeds))]) from error
     lr = opt.param_groups[0]["lr"] * plan.lr_factor
     opt = rebuild_optimizer(opt, model, growth, lr=lr)
     info = {**info, "proposals": [p.describe() for p in proposals],
             "seeds": list(getattr(model, "seeds", [0])),
             "n_params_before": num_parameters(model),
-            "n_params_after": num_parameters(growth.model), "lr_after": lr}
+            "n_params_after": num_parameters(growth.model), "lr_after": lr,
+            "seconds": time.perf_counter() - start}
     return growth.model, opt, info
 
 

@@ -1,5 +1,10 @@
 """A growing run on two gloo processes (DistributedDataParallel on the CPU) matches the same
-run in one process: same growth steps, same grown network, same losses."""
+run in one process: same growth steps, same grown network, same losses. The driver's chapter
+launcher under torchrun records its world size."""
+
+import os
+import subprocess
+import sys
 
 import torch
 import torch.distributed as dist
@@ -85,13 +90,34 @@ def test_two_processes_match_one(tmp_path):
                           rtol=SAME)
 
 
-def test_command_line_runs_an_experiment_of_the_chapter(tmp_path, monkeypatch, capsys):
-    """The entry point torchrun launches, here in one process (no WORLD_SIZE set)."""
+def test_chapter_launcher_under_torchrun_records_its_world_size(tmp_path, monkeypatch):
+    """``torchrun -m growcore.driver --chapter fragrow`` on two gloo processes writes a record
+    with its world size, under a configuration hash of its own; the notebook (one process,
+    ``reuse=True``) takes it instead of training. A one-process launch of the same run then
+    writes a second record, the newest, which reuse takes from then on."""
+    from growcore import driver, results
     from growcore.chapters import fragrow
+    from growcore.runner import REPO_ROOT
+
+    name = "resnet overfitting FRAGrow s0"
+    launch = ["--chapter", "fragrow", "--preset", "smoke", "--experiment", name,
+              "--device", "cpu"]
+    env = {**os.environ, "GROWCORE_RESULTS": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={WORLD}", "-m", "growcore.driver", *launch],
+                          env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "fragrow" / "smoke"
+    config = fragrow.experiments(fragrow.notebook_parameters("smoke"))[name]
+    (launched,) = [results.load_record(path) for path in out.glob("*.json")]
+    assert launched["world_size"] == launched["config"]["world_size"] == WORLD
+    assert driver.run_experiment(config, directory=out, reuse=True) == launched
 
     monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    fragrow.main(["--preset", "smoke", "--experiment", "resnet overfitting FRAGrow s0"])
-    records = list((tmp_path / "fragrow" / "smoke").glob("resnet overfitting FRAGrow s0--*.json"))
-    assert len(records) == 1
-    assert "test error" in capsys.readouterr().out
+    assert driver.main(launch) == 0
+    hashes = {results.load_record(path)["world_size"]: path.name.split("--")[1]
+              for path in out.glob("*.json")}
+    assert set(hashes) == {1, WORLD}
+    assert hashes[1] == results.config_hash(driver.validate(config)) != hashes[WORLD]
+    assert driver.run_experiment(config, directory=out, reuse=True)["world_size"] == 1

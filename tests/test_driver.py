@@ -10,8 +10,8 @@ import yaml
 
 from growcore import results
 from growcore.data import Split, spiral, teacher_student
-from growcore.driver import main, run_experiment
-from growcore.experiments import run_spiral, spiral_config
+from growcore.driver import load_data, main, run_experiment
+from growcore.experiments import spiral_config
 from growcore.models.factory import MODULE_ACTIVATIONS, build_named
 from growcore.models.mobilenet import MobileNetV2
 from growcore.models.resnet import resnet
@@ -29,20 +29,22 @@ def _spiral_config(**changes) -> dict:
     return {**config, **changes}
 
 
-def test_a_spiral_run_equals_the_sensli_chapters_driver(tmp_path):
-    """The same full-batch SensLI run through both drivers gives the same losses: the
-    generic driver adds no randomness of its own."""
+def test_a_spiral_run_by_hand_equals_the_sensli_chapters_configuration(tmp_path):
+    """A configuration written by hand and the SensLI chapter's spiral_config of the same
+    run give the same choices and losses: the configuration is all there is to a run."""
     record = run_experiment(_spiral_config(), directory=tmp_path, progress=False,
                             device="cpu")
-    chapter = run_spiral("reference", spiral_config(
-        "fnn", [4, 4], seeds=[0, 1], iterations=30, lr=0.5, insert_at=10),
-        directory=tmp_path, progress=False)
+    chapter = run_experiment(spiral_config(
+        "fnn", [4, 4], seeds=[0, 1], iterations=30, lr=0.5, insert_at=10,
+        name="reference") | {"data": {"name": "spiral", "n_per_class": 40}},
+        directory=tmp_path, progress=False, device="cpu")
     assert record["batched_seeds"]
     assert [e["chosen"] for e in record["metrics"]["events"]] == [
         e["chosen"] for e in chapter["metrics"]["events"]]
+    assert record["metrics"]["loss"] == chapter["metrics"]["loss"]
     split = spiral(40)
-    assert len(record["metrics"]["test_metric"]) == 2
-    assert record["metrics"]["n_params"][0] > (2 * 4 + 4) + (4 * 4 + 4) + (4 * 2 + 2)
+    assert len(record["metrics"]["final_test"]) == 2
+    assert record["metrics"]["n_params"][0][-1] > (2 * 4 + 4) + (4 * 4 + 4) + (4 * 2 + 2)
     saved = results.load_record(record["path"])
     assert saved["metrics"]["plan"][0]["where"]["criterion"] == "SensLI"
     assert saved["iterations_per_epoch"] == 1 and len(split.y_train) == 60
@@ -58,7 +60,7 @@ def test_an_mlp_grows_by_gradmax_on_the_teacher_student_task(tmp_path):
                        "how": "gradmax"}}
     record = run_experiment(config, directory=tmp_path, progress=False, device="cpu")
     assert len(record["metrics"]["events"]) == 2
-    assert record["metrics"]["n_params"] == [6 * 4 + 4 * 3]  # hidden 2 -> 4, no biases
+    assert record["metrics"]["n_params"][0][-1] == 6 * 4 + 4 * 3  # hidden 2 -> 4, no biases
     assert record["metrics"]["plan"][0]["how"]["how"] == "GradMax"
 
 
@@ -89,7 +91,7 @@ def test_seeds_of_an_nn_module_run_one_after_another(tmp_path):
     ({"plan": {"when": {"name": "at", "iterations": 3}, "where": "sensli", "how": "gradmax"}},
      "how-initialiser"),
     ({"plan": {"when": {"name": "at", "iterations": 3}, "where": "nagn", "how": "zero"}},
-     "no width sites"),
+     "hooks on the model"),
     ({"seeds": []}, "'seeds'"),
     ({"extra": 1}, "unknown section"),
 ])
@@ -112,12 +114,15 @@ def test_command_line_runs_a_yaml_file_and_reports_errors(tmp_path, capsys):
     assert "model.name must be one of" in capsys.readouterr().err
 
 
-def test_teacher_student_data_is_the_gradmax_chapters():
-    from growcore.chapters.gradmax import teacher_student_data
-
-    new, _ = teacher_student([20, 10, 10], 50, seed=4)
-    old, _ = teacher_student_data([20, 10, 10], 50, seed=4)
-    assert torch.equal(new.X_train, old.X_train) and torch.equal(new.y_test, old.y_test)
+def test_teacher_student_data_is_drawn_per_seed():
+    """``data.per_seed``: seed s's data (the GradMax chapter's teacher and points) is that of
+    growcore.data.teacher_student with seed s."""
+    spec = {"name": "teacher_student", "per_seed": True, "teacher": [20, 10, 10],
+            "n_points": 50}
+    direct, _ = teacher_student([20, 10, 10], 50, seed=4)
+    drawn = load_data(spec, seed=4)
+    assert torch.equal(drawn.X_train, direct.X_train) and torch.equal(drawn.y_test, direct.y_test)
+    assert not torch.equal(load_data(spec, seed=5).X_train, direct.X_train)
 
 
 def test_the_configuration_shown_on_the_rerun_page_is_valid():

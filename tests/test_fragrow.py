@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from growcore.driver import load_data, run_experiment
 from growcore.models.vgg import vgg_staged
 from growcore.ops import GrowThenCosine
 from growcore.train import History
@@ -193,7 +194,8 @@ def _chapter_parameters(**overrides):
 
 
 @pytest.mark.parametrize("dataset, architecture, classes", [
-    ("cifar100", "resnet", 100), ("imagenet", "resnet", 3), ("imagenet", "mobilenetv2", 3)])
+    ("cifar100", "resnet", 100), ("cifar100", "vgg", 100), ("imagenet", "resnet", 3),
+    ("imagenet", "mobilenetv2", 3)])
 def test_fragrow_grows_on_generated_cifar100_and_imagenet(tmp_path, dataset, architecture,
                                                           classes):
     from test_images import write_cifar100, write_image_folder
@@ -212,12 +214,12 @@ def test_fragrow_grows_on_generated_cifar100_and_imagenet(tmp_path, dataset, arc
     runs = chapter.experiments(p)
     config = runs[f"{architecture} tiny FRAGrow s0"]
     assert config["data"]["root"] == str(root)
-    split = chapter.load_split(config["data"])
+    split = load_data(config["data"])
     assert len(split.classes) == classes
-    record = chapter.run("FRAGrow", config, directory=tmp_path, split=split)
-    assert record["metrics"]["final_depths"] == chapter.stage_counts(architecture,
-                                                                     p["target_blocks"])
-    assert 0 <= record["metrics"]["test_error"] <= 1
+    record = run_experiment(config, directory=tmp_path, split=split, progress=False)
+    assert chapter.final_depths(record) == chapter.stage_counts(architecture,
+                                                                p["target_blocks"])
+    assert 0 <= record["metrics"]["final_test"][0] <= 1
 
 
 def test_missing_data_folder_and_vgg_on_imagenet_stop_before_compute(tmp_path):
@@ -227,6 +229,59 @@ def test_missing_data_folder_and_vgg_on_imagenet_stop_before_compute(tmp_path):
         _chapter_parameters(dataset="cifar100", data_root=str(tmp_path / "absent"))
     with pytest.raises(ParameterError, match=r"parameter 'architecture'.*resnet or mobilenetv2"):
         _chapter_parameters(dataset="imagenet", data_root=str(tmp_path), architecture="vgg")
+
+
+def test_the_methods_are_registry_plans():
+    from growcore.chapters import fragrow
+
+    p = _chapter_parameters(tables=[1, 5, 6, 8, 9, 10], alphas=[2.0])
+    runs = fragrow.experiments(p)
+    assert len(runs) == len(fragrow.methods(p["tables"], p["alphas"]))  # one regime and seed
+
+    def plan(method):
+        return runs[f"resnet tiny {method} s0"]["plan"]
+
+    assert plan("small") is None and plan("large") is None
+    assert runs["resnet tiny large s0"]["model"]["blocks"] == p["target_blocks"]
+    assert runs["resnet tiny small s0"]["model"]["blocks"] == p["seed_blocks"]
+    frame = {"n_blocks": 1, "finetune_min": 1}  # 1-1 -> 2-1, E_F_min of the regime
+    assert plan("FRAGrow")["when"] == {"name": "fragrow", "alpha": 4.0, **frame}
+    assert plan("FRAGrow a=2")["when"] == {"name": "fragrow", "alpha": 2.0, **frame}
+    assert plan("periodic")["when"] == {"name": "periodic", **frame}
+    # fast: periodic at I_max / fast_factor, I_max = (E_T - E_F_min) / n = 2 epochs
+    assert plan("fast")["when"] == {"name": "periodic", "interval": 2 / 4, **frame}
+    assert plan("convergent")["when"] == {"name": "convergent", "patience": 2, **frame}
+    assert plan("LipGrow")["when"] == {"name": "lipgrow", "tolerance": 1.1, **frame}
+    assert plan("LipGrow")["where"]["per_growth"] == "double"
+    assert plan("FRAGrow")["where"] == {"name": "stage_order", "seed": [1, 1],
+                                        "target": [2, 1], "order": "stagewise",
+                                        "per_growth": "one"}
+    assert plan("convergent circulating")["where"]["order"] == "circulating"
+    assert plan("FRAGrow")["how"] == {"name": "block_copy"}
+    assert plan("periodic moment")["how"] == {"name": "block_moment", "moment_decay": 0.9}
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_every_run_is_a_driver_configuration_whose_plan_fits_its_model(preset):
+    from growcore.chapters import fragrow
+    from growcore.driver import validate
+    from growcore.models.factory import build_named
+    from growcore.registry import build_plan
+
+    p = fragrow.notebook_parameters(preset)
+    models = {}
+    for name, config in fragrow.experiments(p).items():
+        config = validate(config)  # the driver refuses unknown sections and options
+        assert config["name"] == name and name.endswith(f" s{config['seeds'][0]}")
+        if config["plan"] is None:
+            continue
+        blocks = tuple(config["model"]["blocks"])
+        if blocks not in models:  # one model per seed network: gpu nets are large
+            options = {k: v for k, v in config["model"].items() if k != "name"}
+            models[blocks] = build_named(config["model"]["name"], (3, 32, 32), 10, **options)
+        context = {"iterations_per_epoch": 4, "total_epochs": config["train"]["epochs"],
+                   "loss": "cross_entropy", "seed": 0}  # what the driver adds
+        build_plan(config["plan"], context).check(models[blocks])
 
 
 # The notebook's helpers, now in the library: growcore.train.replay_when and the chapter's
@@ -289,7 +344,7 @@ def test_replay_when_reproduces_the_schedule_of_the_training_loop():
 def test_blocks_over_time_is_a_step_function_of_the_epoch():
     from growcore.chapters import fragrow
 
-    record = {"iterations_per_epoch": 4, "config": {"epochs": 10},
+    record = {"iterations_per_epoch": 4, "config": {"train": {"epochs": 10}},
               "metrics": {"events": [{"iteration": 6, "blocks_added": 1},
                                      {"iteration": 20, "blocks_added": 2}]}}
     epochs, blocks = fragrow.blocks_over_time(record)
@@ -300,8 +355,8 @@ def test_blocks_over_time_is_a_step_function_of_the_epoch():
 
 
 def _table_record(regime, method, test_error, wall, cost):
-    return {"config": {"regime": regime, "method": method}, "wall_time_s": wall,
-            "metrics": {"test_error": test_error, "cost_flops": cost}}
+    return {"name": f"none {regime} {method} s0", "seeds": [0], "wall_time_s": wall,
+            "metrics": {"final_test": [test_error], "total_cost_flops": [cost]}}
 
 
 def test_show_table_prints_the_title_and_stacks_the_regimes(capsys):

@@ -7,7 +7,6 @@ import math
 import pytest
 
 from growcore.chapters import fragrow
-from growcore.runner import load_preset
 
 pytestmark = pytest.mark.slow
 
@@ -27,19 +26,23 @@ def _smoke_records(smoke_book):
 
 
 def test_smoke_records_are_complete(smoke_book):
-    preset = load_preset("fragrow", "smoke")
+    p = fragrow.notebook_parameters("smoke")
     records = _smoke_records(smoke_book)
-    methods = fragrow.methods([1, 5, 6, 8, 9, 10], [2.0, 6.0])  # the notebook's defaults
-    assert len(records) == len(methods) * 2 * preset["n_seeds"]  # two regimes
-    assert {r["config"]["method"] for r in records} == set(methods)
-    target = preset["target_blocks"]
+    methods = fragrow.methods(p["tables"], p["alphas"])
+    assert len(records) == len(methods) * len(p["regimes"]) * p["n_seeds"]
+    assert {r["name"] for r in records} == set(fragrow.experiments(p))
     for record in records:
         config, metrics = record["config"], record["metrics"]
         assert record["preset"] == "smoke" and record["environment"]["code_version"]
-        assert 0 <= metrics["test_error"] <= 1
-        assert len(metrics["evals"]) == config["epochs"]  # one evaluation per epoch
-        expected = preset["seed_blocks"] if config["method"] == "small" else target
-        assert metrics["final_depths"] == expected, config["method"]
+        assert record["world_size"] == 1 and len(record["seeds"]) == 1
+        assert 0 <= metrics["final_test"][0] <= 1
+        epochs = config["train"]["epochs"]
+        assert len(metrics["evals"][0]) == epochs  # one evaluation per epoch
+        assert len(metrics["loss"][0]) == len(metrics["lr"][0]) == epochs  # one per epoch
+        assert metrics["cost_flops"][0][-1] < metrics["total_cost_flops"][0]
+        small = record["name"].endswith(" small s0")
+        expected = p["seed_blocks"] if small else p["target_blocks"]
+        assert fragrow.final_depths(record) == expected, record["name"]
 
 
 def test_smoke_growth_completes_before_the_finetuning(smoke_book):
@@ -47,17 +50,16 @@ def test_smoke_growth_completes_before_the_finetuning(smoke_book):
     the deadline rule of the other policies)."""
     for record in _smoke_records(smoke_book):
         events, config = record["metrics"]["events"], record["config"]
-        if config["method"] in ("small", "large"):
+        if config["plan"] is None:  # small and large
             assert not events
             continue
-        deadline = (config["epochs"] - config["finetune_min"]) * record["iterations_per_epoch"]
-        assert events and max(e["iteration"] for e in events) <= deadline, config["method"]
+        epochs = config["train"]["epochs"] - config["plan"]["when"]["finetune_min"]
+        deadline = epochs * record["iterations_per_epoch"]
+        assert events and max(e["iteration"] for e in events) <= deadline, record["name"]
 
 
 def test_smoke_tables_are_complete_and_normalised_to_their_reference(smoke_book):
-    from growcore.runner import notebook_parameters
-
-    p = fragrow.validate(notebook_parameters("fragrow", "smoke"))
+    p = fragrow.notebook_parameters("smoke")
     records = {r["name"]: r for r in _smoke_records(smoke_book)}
     for number in p["tables"]:
         for regime in p["regimes"]:

@@ -14,6 +14,7 @@ from torch import nn
 
 from growcore.activations import ReLUWithSlopeAtZero
 from growcore.data import Split
+from growcore.driver import run_experiment
 from growcore.how import FireflyOpt, GradMax, GradMaxOpt, Random, Zero
 from growcore.losses import LOSSES
 from growcore.models.mlp import MLP, teacher
@@ -259,13 +260,45 @@ def test_image_runs_on_generated_cifar100_and_imagenet(tmp_path, dataset, classe
     assert len(about["classes"]) == classes
     assert images.X_train.shape[2:] == ((16, 16) if dataset == "imagenet" else (32, 32))
     config = chapter.cifar_experiments(p)["mobilenet_v1 GradMax"]
-    record = chapter.run_cifar("mobilenet_v1 GradMax", config, images, directory=tmp_path,
-                               num_classes=classes)
+    record = run_experiment(config, split=images, directory=tmp_path, progress=False,
+                            device="cpu")
     n_params = record["metrics"]["n_params"][0]
     assert len(record["metrics"]["events"]) == 2 and n_params[-1] > n_params[0]
-    assert 0 <= record["metrics"]["test_error"][0] <= 1
-    assert record["config"]["task"] == dataset
+    assert 0 <= record["metrics"]["final_test"][0] <= 1
+    assert record["config"]["data"]["name"] == dataset and chapter.method_of(record) == "GradMax"
     assert list(tmp_path.glob("mobilenet_v1 GradMax--*.json")), "the record is written"
+
+
+def _teacher_student_run(method: str, tmp_path) -> dict:
+    from growcore.chapters import gradmax as chapter
+
+    config = chapter.ts_config(method, [6, 4, 3], 2, interval=3, steps=12, seeds=[0, 1],
+                               growths=2, n_points=40, opt_steps=3)
+    return run_experiment({**config, "name": f"tiny {method}"}, directory=tmp_path,
+                          progress=False, device="cpu", keep_models=True)
+
+
+def test_teacher_student_runs_keep_the_models_that_figs_2a_and_2c_grow_from(tmp_path):
+    import numpy as np
+
+    from growcore.chapters import gradmax as chapter
+
+    record = _teacher_student_run("Random", tmp_path)
+    metrics = record["metrics"]
+    # one model per growth (at steps 3 and 6), before it: hidden widths 2 and 3, final 4
+    assert [[m.widths for m in models] for models in record["models_at_growth"]] == [
+        [[6, 2, 3], [6, 3, 3]]] * 2
+    assert [m["widths"]["layers.0"] for m in metrics["final_model"]] == [4, 4]
+    assert [e["seeds"] for e in metrics["events"]] == [[0], [0], [1], [1]]
+    assert all(len(row) == 12 for key in ("loss", "test_error", "grad_norm")
+               for row in metrics[key])
+    fig2a = chapter.fig2a(record, repeats=2, norm_scale=0.5, opt_steps=3)
+    assert np.shape(fig2a["GradMax"]) == (2, 2) and np.shape(fig2a["Random"]) == (2, 2, 2)
+    assert np.shape(chapter.fig2c(record, steps=4, norm_scale=0.5, lr=0.1)) == (2, 2, 4)
+    # every method of a seed starts from the same teacher, data and student; the seeds differ
+    static = _teacher_student_run("Baseline-Small", tmp_path)["metrics"]["loss"]
+    assert [row[:3] for row in static] == [row[:3] for row in metrics["loss"]]
+    assert static[0][0] != static[1][0]
 
 
 def test_image_parameters_that_do_not_fit_stop_before_compute(tmp_path):

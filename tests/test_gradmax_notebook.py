@@ -32,12 +32,12 @@ def test_smoke_records_are_complete(smoke_book):
     assert set(expected) <= set(records)
     for name in expected[:10]:
         record = records[name]
-        config, metrics = record["config"], record["metrics"]
+        config, metrics, plan = record["config"], record["metrics"], record["config"]["plan"]
         assert record["preset"] == "smoke" and record["environment"]["code_version"]
         assert len(metrics["loss"]) == len(config["seeds"])
-        assert all(len(row) == config["iterations"] for row in metrics["loss"])
-        growths = config["growth"]["count"] if config["growth"] else 0
-        hidden = config["student"][1] + growths * (config["growth"] or {}).get("units", 0)
-        assert all(widths[1] == hidden for widths in metrics["final_widths"])
+        assert all(len(row) == config["train"]["iterations"] for row in metrics["loss"])
+        growths = plan["when"]["count"] * plan["where"]["units"]["layers.0"] if plan else 0
+        hidden = config["model"]["hidden"][0] + growths
+        assert all(m["widths"]["layers.0"] == hidden for m in metrics["final_model"])
     for name in expected[10:15]:
-        assert len(records[name]["metrics"]["test_error"]) == len(records[name]["seeds"])
+        assert len(records[name]["metrics"]["final_test"]) == len(records[name]["seeds"])

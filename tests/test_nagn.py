@@ -348,3 +348,51 @@ def test_the_chapters_plan_is_the_papers_and_takes_any_width_initialiser():
     assert (plan.when.w_acc, plan.where.tau, plan.where.observer.window) == (3, 0.05, 10)
     other = build_plan(chapter.growth_plan({**g, "how": "gradmax"}), {"seed": 7})
     assert isinstance(other.how, GradMax) and other.how.seed == 7
+
+
+def _images(n=60, seed=0):
+    """Random 8x8 images of 10 classes: 40 to train on, 10 to validate, 10 to test."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.arange(n) % 10
+    return Split(X[:40], y[:40], X[50:], y[50:], X[40:50], y[40:50])
+
+
+def test_the_chapters_runs_and_their_static_baselines_run_on_the_driver(tmp_path):
+    """A grown run of the chapter (growth forced, as in the smoke preset) through
+    growcore.driver, then its static baseline made from the grown record: the same seeds and
+    conditions, each seed's final widths, no growth; the chapter's summaries read both."""
+    from growcore.chapters import nagn as chapter
+    from growcore.driver import run_experiment
+
+    p = {**chapter.notebook_parameters("smoke"), "batch_size": 10, "epochs": 4,
+         "evals_per_epoch": 2}
+    runs = chapter.experiments(p)
+    assert set(runs) == {"fig1", "grown [[4], [4], [8]]"}
+    assert runs["fig1"]["seeds"] == [0, 1] and runs["fig1"]["plan"] is not None
+    config = chapter.experiment(p, "grown", [[4], [4], [8]], [0, 1])
+    options = {"split": _images(), "directory": tmp_path, "progress": False, "device": "cpu"}
+    grown = run_experiment(config, **options)
+    widths = chapter.final_widths(grown)
+    for seed, final in zip(grown["seeds"], widths):
+        events = chapter.seed_events(grown, seed)
+        assert events and all(e["seeds"] == [seed] for e in events)
+        if len(events) == 1:
+            assert [n for block in final for n in block] == [
+                n + d for n, d in zip(events[0]["widths"], events[0]["increments"])]
+    static = run_experiment(chapter.static_baseline(grown, "static"), **options)
+    assert static["config"]["plan"] is None and not static["metrics"]["events"]
+    assert static["config"]["model"]["per_seed"] == {"0": {"config": widths[0]},
+                                                     "1": {"config": widths[1]}}
+    assert chapter.final_widths(static) == widths
+    assert {k: static["config"][k] for k in ("seeds", "data", "train")} == \
+        {k: grown["config"][k] for k in ("seeds", "data", "train")}
+    accuracy = chapter.accuracy_at_last_eval(grown)
+    assert accuracy == [1 - e[-1]["test_error"] for e in grown["metrics"]["evals"]]
+    epochs, curves = chapter.accuracy_curves(grown)
+    assert curves.shape == (2, len(epochs)) and epochs[1] == 0.5  # 2 evaluations per epoch
+    assert curves[:, -1].tolist() == accuracy
+    ratio = chapter.ratios(grown, static)
+    assert set(ratio) == {"accuracy", "time", "flops"}
+    assert ratio["accuracy"] == pytest.approx(
+        sum(accuracy) / sum(chapter.accuracy_at_last_eval(static)), rel=EXACT)

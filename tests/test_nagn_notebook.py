@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from growcore.chapters import nagn as chapter
+
 pytestmark = pytest.mark.slow
 
 
@@ -29,16 +31,20 @@ def test_smoke_records_hold_the_growth_and_its_static_baseline(smoke_book):
     for record in records.values():
         assert record["preset"] == "smoke" and record["environment"]["code_version"]
     grown, static = records["grown [[4], [4], [8]]"], records["static [[4], [4], [8]]"]
-    for g, s in zip(grown["runs"], static["runs"]):
-        assert g["seed"] == s["seed"] and s["widths"] == g["final_widths"] == s["final_widths"]
-        assert not s["events"]
+    assert grown["seeds"] == static["seeds"]
+    per_seed = static["config"]["model"]["per_seed"]
+    for seed, g, s in zip(grown["seeds"], chapter.final_widths(grown),
+                          chapter.final_widths(static)):
+        assert per_seed[str(seed)]["config"] == g == s
+    assert not static["metrics"]["events"] and static["config"]["plan"] is None
     fig1 = records["fig1"]
-    for run in fig1["runs"]:  # the smoke preset forces a growth (delta_acc = 1)
-        event = run["events"][0]
+    for seed, final in zip(fig1["seeds"], chapter.final_widths(fig1)):
+        events = chapter.seed_events(fig1, seed)  # the smoke preset forces a growth
+        event = events[0]
         assert len(event["nagn"]) == 10 and event["increments"][-1] >= 0
-        widths = [w for block in run["final_widths"] for w in block]
+        widths = [w for block in final for w in block]
         assert widths == [n + d for n, d in zip(event["widths"], event["increments"])] or \
-            len(run["events"]) > 1
+            len(events) > 1
     profiles = records["bottleneck"]["profiles"]
     assert set(profiles) == {"after BatchNorm", "before BatchNorm"}
     assert all(len(row) == 10 for rows in profiles.values() for row in rows)

@@ -192,8 +192,9 @@ def test_merit_normalisation_and_selection(data):
     code = sensli_merits(model, data, "code")
     widths = torch.tensor([6.0, 3.0], dtype=torch.float64)
     assert torch.allclose(code, paper * widths**2)
-    proposals_max, info = SensLI("max")(model, model.growth_sites(), Probe(data))
-    proposals_min, _ = SensLI("min")(model, model.growth_sites(), Probe(data))
+    sites = [s for s in model.growth_sites() if s.kind == "depth"]
+    proposals_max, info = SensLI("max")(model, sites, Probe(data))
+    proposals_min, _ = SensLI("min")(model, sites, Probe(data))
     chosen_max = [p.site.position for p in sorted(proposals_max, key=lambda p: p.seed)]
     chosen_min = [p.site.position for p in sorted(proposals_min, key=lambda p: p.seed)]
     assert chosen_max == [[1, 2][i] for i in paper.argmax(1)] == info["chosen"]

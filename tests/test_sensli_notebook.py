@@ -25,6 +25,21 @@ def test_smoke_records_are_complete(smoke_book):
         assert expected in names
     for record in records:
         assert record["preset"] == "smoke" and record["environment"]["code_version"]
-        n_seeds, n_steps = len(record["seeds"]), record["config"]["iterations"]
+        n_seeds, n_steps = len(record["seeds"]), record["config"]["train"]["iterations"]
         assert len(record["metrics"]["loss"]) == n_seeds
         assert all(len(row) == n_steps for row in record["metrics"]["loss"])
+
+
+def test_a_plan_by_names_runs_beside_sensli_and_a_bad_one_stops_before_compute(
+        stops_before_compute):
+    """``extra_plans``: any where/how of the registry on FNN [4, 4]; a name the registry does
+    not know stops the notebook with the valid names."""
+    from growcore.chapters import sensli
+    from growcore.runner import notebook_parameters
+
+    p = sensli.validate(notebook_parameters("sensli", "smoke"))
+    runs = sensli.experiments(p)
+    assert runs["FNN[4,4] random position"]["plan"]["where"] == "random_depth"
+    assert runs["FNN[4,4] random position"]["plan"]["when"]["iterations"] == 20
+    stops_before_compute("sensli", "extra_plans", {"x": {"where": "randomm"}},
+                         "random_depth")

@@ -9,7 +9,8 @@ import torch
 
 from growcore import results
 from growcore.data import Split, spiral
-from growcore.experiments import chosen_sites, run_spiral, spiral_config
+from growcore.driver import run_experiment
+from growcore.experiments import chosen_sites, spiral_config
 from growcore.how import IdentityLayer
 from growcore.models import build
 from growcore.ops import at_positions, insert_layers, make_optimizer, rebuild_optimizer
@@ -89,8 +90,8 @@ def test_at_iterations_policy():
 def test_batched_seeds_reproduce_one_seed_at_a_time(model, widths, select):
     config = spiral_config(model, widths, seeds=[3, 4, 5], iterations=40, lr=0.2,
                            insert_at=15, select=select, lr_factor=0.8)
-    batched = run_spiral("t", config, batched=True, progress=False, save=False)
-    alone = run_spiral("t", config, batched=False, progress=False, save=False)
+    batched = run_experiment(config, batched=True, progress=False, save=False, device="cpu")
+    alone = run_experiment(config, batched=False, progress=False, save=False, device="cpu")
     b, a = batched["metrics"], alone["metrics"]
     assert torch.allclose(torch.tensor(b["loss"]), torch.tensor(a["loss"]), atol=BATCHED_TOL)
     assert b["test_error"] == a["test_error"]
@@ -101,7 +102,7 @@ def test_batched_seeds_reproduce_one_seed_at_a_time(model, widths, select):
 
 def test_training_loop_records_growth_and_cost():
     config = spiral_config("fnn", [5], seeds=[0, 1], iterations=30, lr=0.2, insert_at=10)
-    record = run_spiral("t", config, progress=False, save=False)
+    record = run_experiment(config, progress=False, save=False, device="cpu")
     m = record["metrics"]
     assert m["n_params"][0][9] == 27 and m["n_params"][1][10] == 57
     assert len(m["loss"]) == 2 and len(m["loss"][0]) == 30
@@ -120,8 +121,8 @@ def test_seeds_choosing_different_shapes_are_regrouped():
     seeds = list(range(8))
     config = spiral_config("fnn", [8, 3], seeds=seeds, iterations=30, lr=0.2, insert_at=20,
                            normalisation="code")
-    batched = run_spiral("t", config, progress=False, save=False)
-    alone = run_spiral("t", config, batched=False, progress=False, save=False)
+    batched = run_experiment(config, progress=False, save=False, device="cpu")
+    alone = run_experiment(config, batched=False, progress=False, save=False, device="cpu")
     chosen = chosen_sites(batched)
     assert len(set(chosen.values())) == 2, "the test needs seeds that disagree"
     assert batched["regrouped"] and sorted(itertools.chain(*batched["seed_groups"])) == seeds
@@ -147,13 +148,15 @@ def test_records_are_written_atomically_and_never_overwritten(tmp_path):
 
 
 def test_records_describe_how_they_were_made(tmp_path):
-    config = spiral_config("fnn", [3], seeds=[0], iterations=2, lr=0.1)
-    record = run_spiral("describe", config, directory=tmp_path, preset="smoke", progress=False)
+    config = spiral_config("fnn", [3], seeds=[0], iterations=2, lr=0.1, name="describe")
+    record = run_experiment(config, directory=tmp_path, preset="smoke", progress=False,
+                            device="cpu")
     saved = results.load_record(record["path"])
     env = saved["environment"]
     for key in ("code_version", "torch", "numpy", "python", "device"):
         assert env[key]
-    assert saved["config"] == config and saved["preset"] == "smoke" and saved["wall_time_s"] > 0
+    assert saved["config"]["model"] == config["model"] and saved["preset"] == "smoke"
+    assert saved["wall_time_s"] > 0
 
 
 def test_records_without_a_folder_go_to_the_results_folder(tmp_path, monkeypatch):
@@ -275,3 +278,30 @@ def test_evaluation_runs_in_eval_mode_and_leaves_batch_norm_alone():
     assert torch.allclose(error, expected) and not model.training
     model.train()
     assert not torch.allclose(model(X), model.eval()(X)), "batch and running statistics differ"
+
+
+@pytest.mark.parametrize("where", [{"name": "fixed_sites", "units": {"layers.1": 2}},
+                                   {"name": "random_width", "k": 2}])
+def test_width_growth_of_batched_seeds_reproduces_one_seed_at_a_time(where):
+    """The seed-batched FNN widens seed by seed (each seed's criterion and initialiser are
+    its own, with its own seed): a batched run equals the seeds run alone, also when the
+    seeds choose different layers and the run regroups them."""
+    config = spiral_config("fnn", [4, 4], seeds=[0, 1, 2, 3], iterations=20, lr=0.2)
+    config["plan"] = {"when": {"name": "at", "iterations": 10}, "where": where,
+                      "how": "random"}
+    batched = run_experiment(config, progress=False, save=False, device="cpu")
+    alone = run_experiment(config, batched=False, progress=False, save=False, device="cpu")
+    b, a = batched["metrics"], alone["metrics"]
+    assert torch.allclose(torch.tensor(b["loss"]), torch.tensor(a["loss"]), atol=BATCHED_TOL)
+    assert b["n_params"] == a["n_params"] and b["n_params"][0][-1] > b["n_params"][0][0]
+    if where["name"] == "random_width":
+        assert batched["regrouped"], "the test needs seeds that choose different layers"
+    # function kept at the growth: the loss moves by one small gradient step only
+    assert all(abs(row[10] - row[9]) < 0.05 for row in b["loss"])
+
+
+def test_the_newest_record_is_found_for_names_with_brackets(tmp_path):
+    """Run names such as SensLI's "FNN[4,4] LI" are glob patterns unless escaped."""
+    record = {"name": "FNN[4,4] LI", "config": {"a": 1}, "metrics": {"loss": [1.0]}}
+    results.save_record(record, tmp_path)
+    assert results.latest("FNN[4,4] LI", {"a": 1}, tmp_path)["metrics"]["loss"] == [1.0]

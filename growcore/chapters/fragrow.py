@@ -1,41 +1,31 @@
 """The FRAGrow chapter (``notebooks/fragrow.ipynb``): parameters, experiments and tables.
 
-Every run grows a staged network (or trains a fixed one) on an image split with the spine's
-:func:`growcore.train.train`: SGD with momentum, the learning rate constant while growing and
-then cosine decay (:class:`growcore.ops.GrowThenCosine`), one evaluation per epoch (the
-when-policies read it), the test error measured once at the end in evaluation mode.
+:func:`experiments` describes every run as a configuration of :mod:`growcore.driver`, which
+runs it and writes its record: a staged network grown (or trained fixed) on an image split by
+the spine's :func:`growcore.train.train`, SGD with momentum, the learning rate constant while
+growing and then cosine decay (:class:`growcore.ops.GrowThenCosine`), one evaluation per epoch
+(the when-policies read it), the test error measured once at the end in evaluation mode.
 Methods, by the slides' tables: ``small`` and ``large`` (seed and target trained directly),
 ``FRAGrow``, ``periodic``, ``fast`` (periodic at a fraction of ``I_max``: Table 1's fast
 growth; periodic at ``I_max`` is its slow growth), ``convergent``, ``LipGrow``, and the
 ablations ``FRAGrow a=<alpha>`` (Table 8), ``<method> circulating`` (Table 9) and
-``<method> moment`` (Table 10).
+``<method> moment`` (Table 10). A run's name, ``"<architecture> <regime> <method> s<seed>"``
+(:func:`run_name`), is what the tables select by. Outside the notebook, e.g. on many GPUs::
+
+    torchrun --standalone --nproc_per_node=8 -m growcore.driver --chapter fragrow \\
+        --preset gpu --experiment "resnet CIFAR-10 FRAGrow s0"
 """
 
 from __future__ import annotations
 
-import argparse
-import math
-import time
-
-import torch
-
-from growcore import papers, results
-from growcore.distributed import Agreed, distributed_op, init_from_environment, shard, wrap
-from growcore.how import BlockInit
-from growcore.images import IMAGENET_MEAN, IMAGENET_STD, augment_cifar, load_dataset
-from growcore.models.factory import build_named
-from growcore.models.staged import depths, unwrap
-from growcore.ops import GrowThenCosine
+from growcore import papers
+from growcore.images import IMAGENET_MEAN, IMAGENET_STD
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
-from growcore.paths import dataset_dir, missing_dataset_message, results_dir
-from growcore.plan import GrowthPlan, apply_growth
+from growcore.paths import dataset_dir, missing_dataset_message
 from growcore.runner import notebook_parameters as runner_parameters
-from growcore.runtime import DEVICES, resolve_device
-from growcore.stats import MomentTracker
-from growcore.train import evaluate, train
-from growcore.when import Convergent, FRAGrow, LipGrow, Periodic, average_training_epochs
-from growcore.where import StageOrder
+from growcore.runtime import DEVICES
+from growcore.when import average_training_epochs
 
 PRESETS = ("smoke", "cpu", "gpu")
 PAPER_NUMBERS = papers.load("fragrow")  # growcore/papers/fragrow.yml
@@ -106,23 +96,22 @@ def validate(namespace: dict) -> dict:
     return p
 
 
-def build_model(architecture: str, blocks: list[int], widths: list[int], num_classes: int,
-                image_size: int | None = None):
-    """The staged network with ``blocks`` per stage (He initialisation): CIFAR stem, or the
-    ImageNet stem (and ImageNet's channel statistics) with ``image_size``; built by
-    :func:`growcore.models.factory.build_named`."""
-    imagenet = {} if image_size is None else {
-        "stem": "imagenet", "input_shape": (3, image_size, image_size),
-        "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    shape = imagenet.pop("input_shape", (3, 32, 32))
-    if architecture == "resnet":
-        return build_named("resnet", shape, num_classes, blocks=blocks, widths=widths,
-                           **imagenet)
-    if architecture == "vgg":
-        return build_named("vgg_staged", shape, num_classes, blocks=blocks, widths=widths)
-    # MobileNetV2 takes a width multiplier: the first growing stage has 24 channels at 1.0
-    return build_named("mobilenet_v2", shape, num_classes, blocks=blocks,
-                       width=widths[0] / MOBILENET_FIRST_WIDTH, **imagenet)
+MODEL_NAMES = {"resnet": "resnet", "vgg": "vgg_staged", "mobilenetv2": "mobilenet_v2"}
+
+
+def model_section(p: dict, blocks: list[int]) -> dict:
+    """The driver's ``model`` section: the staged network with ``blocks`` per stage (He
+    initialisation), by its name in :data:`growcore.models.factory.MODELS`; on ImageNet with
+    the ImageNet stem and channel statistics (ResNet, MobileNetV2)."""
+    section = {"name": MODEL_NAMES[p["architecture"]], "blocks": list(blocks)}
+    if p["architecture"] == "mobilenetv2":
+        # MobileNetV2 takes a width multiplier: the first growing stage has 24 channels at 1.0
+        section["width"] = p["widths"][0] / MOBILENET_FIRST_WIDTH
+    else:
+        section["widths"] = list(p["widths"])
+    if p["dataset"] == "imagenet":
+        section.update(stem="imagenet", mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    return section
 
 
 def stage_counts(architecture: str, blocks: list[int]) -> list[int]:
@@ -130,30 +119,73 @@ def stage_counts(architecture: str, blocks: list[int]) -> list[int]:
     return [1, *blocks, 1] if architecture == "mobilenetv2" else list(blocks)
 
 
-def config(p: dict, regime: int, method: str, seed: int) -> dict:
-    """Configuration of one run (see :func:`run`)."""
-    alpha, order, init, base = p["alpha"], "stagewise", "copy", method
+def label(p: dict, regime: str, method: str) -> str:
+    """The name of a regime's runs of ``method``, less the seed: ``"resnet overfitting
+    FRAGrow"``; a run's name adds `` s<seed>`` (:func:`run_name`)."""
+    return f"{p['architecture']} {regime} {method}"
+
+
+def run_name(p: dict, regime: str, method: str, seed: int) -> str:
+    """The name of one run, e.g. ``"resnet overfitting FRAGrow s0"``."""
+    return f"{label(p, regime, method)} s{seed}"
+
+
+def _method_parts(p: dict, method: str) -> tuple[str, float, str, dict]:
+    """(when-policy, alpha, stage order, how) of a method of the tables."""
+    policy, alpha, order, how = method, p["alpha"], "stagewise", {"name": "block_copy"}
     if method.startswith("FRAGrow a="):
-        base, alpha = "FRAGrow", float(method.split("=")[1])
-    elif method.endswith((" circulating", " moment")):
-        base, variant = method.rsplit(" ", 1)
-        order, init = ("circulating", init) if variant == "circulating" else (order, "moment")
+        policy, alpha = "FRAGrow", float(method.split("=")[1])
+    elif method.endswith(" circulating"):
+        policy, order = method.removesuffix(" circulating"), "circulating"
+    elif method.endswith(" moment"):
+        policy = method.removesuffix(" moment")
+        how = {"name": "block_moment", "moment_decay": p["moment_decay"]}
+    return policy, alpha, order, how
+
+
+def plan_section(p: dict, regime: int, method: str) -> dict | None:
+    """The driver's ``plan`` of a growing method by registry names (None for ``small`` and
+    ``large``): when-policy with ``n_blocks`` and ``E_F_min`` (the driver adds the iterations
+    per epoch and ``E_T``), blocks in stage order, copied (or moment-averaged) blocks."""
+    policy, alpha, order, how = _method_parts(p, method)
+    if policy in ("small", "large"):
+        return None
+    seed = stage_counts(p["architecture"], p["seed_blocks"])
+    target = stage_counts(p["architecture"], p["target_blocks"])
+    n_blocks, epochs = sum(target) - sum(seed), p["epochs"][regime]
+    finetune = p["finetune_min"][regime]
+    when = {"FRAGrow": {"name": "fragrow", "alpha": alpha},
+            "periodic": {"name": "periodic"},
+            "fast": {"name": "periodic",
+                     "interval": (epochs - finetune) / n_blocks / p["fast_factor"]},
+            "convergent": {"name": "convergent", "patience": p["patience"]},
+            "LipGrow": {"name": "lipgrow", "tolerance": p["lipgrow_tolerance"]}}[policy]
+    where = {"name": "stage_order", "seed": seed, "target": target, "order": order,
+             "per_growth": "double" if policy == "LipGrow" else "one"}
+    return {"when": {**when, "n_blocks": n_blocks, "finetune_min": finetune},
+            "where": where, "how": how}
+
+
+def config(p: dict, regime: int, method: str, seed: int) -> dict:
+    """The driver configuration of one run (:func:`growcore.driver.run_experiment`): the
+    regime's image split, the seed (or, for ``large``, the target) network, SGD with the
+    learning rate constant while growing and then cosine decay, one evaluation per epoch
+    (the when-policies read it), the test error measured once at the end, the series kept
+    once per epoch."""
     data = {"name": p["dataset"], "n_train": p["n_train"][regime], "n_val": p["n_val"],
             "n_test": p["n_test"], "split_seed": 0, "augment": p["augment"][regime]}
     if p["dataset"] != "cifar10":
         data["root"] = str(dataset_dir(p["dataset"], p["data_root"]))
     if p["dataset"] == "imagenet":
         data["image_size"] = p["image_size"]
-    return {"data": data,
-            "regime": p["regimes"][regime], "method": method, "policy": base,
-            "architecture": p["architecture"], "widths": p["widths"],
-            "seed_blocks": p["seed_blocks"], "target_blocks": p["target_blocks"],
-            "epochs": p["epochs"][regime], "finetune_min": p["finetune_min"][regime],
-            "batch_size": p["batch_size"], "lr": p["lr"], "momentum": p["momentum"],
-            "weight_decay": p["weight_decay"], "alpha": alpha, "order": order, "init": init,
-            "fast_factor": p["fast_factor"], "patience": p["patience"],
-            "lipgrow_tolerance": p["lipgrow_tolerance"], "moment_decay": p["moment_decay"],
-            "seed": seed}
+    blocks = p["target_blocks"] if method == "large" else p["seed_blocks"]
+    train = {"epochs": p["epochs"][regime], "batch_size": p["batch_size"], "lr": p["lr"],
+             "momentum": p["momentum"], "weight_decay": p["weight_decay"],
+             "schedule": "grow_then_cosine", "evals_per_epoch": 1, "test_in_loop": False,
+             "log": "epoch"}
+    return {"name": run_name(p, p["regimes"][regime], method, seed), "seeds": [seed],
+            "data": data, "model": model_section(p, blocks), "train": train,
+            "plan": plan_section(p, regime, method)}
 
 
 def methods(tables: list[int], alphas: list[float]) -> list[str]:
@@ -166,86 +198,27 @@ def methods(tables: list[int], alphas: list[float]) -> list[str]:
 
 
 def experiments(p: dict) -> dict[str, dict]:
-    """All runs of the chapter, name -> configuration."""
-    return {f"{p['architecture']} {regime} {method} s{seed}": config(p, r, method, seed)
-            for r, regime in enumerate(p["regimes"])
-            for method in methods(p["tables"], p["alphas"]) for seed in range(p["n_seeds"])}
+    """All runs of the chapter, name -> driver configuration (one seed each)."""
+    runs = [config(p, r, method, seed) for r in range(len(p["regimes"]))
+            for method in methods(p["tables"], p["alphas"]) for seed in range(p["n_seeds"])]
+    return {run["name"]: run for run in runs}
 
 
-def load_split(data: dict):
-    """The image split of a configuration (validation held out of the training images)."""
-    return load_dataset(data["name"], data.get("root"), image_size=data.get("image_size", 64),
-                        n_train=data["n_train"], n_val=data["n_val"], n_test=data["n_test"],
-                        seed=data["split_seed"])
+def average_epochs(record: dict) -> float:
+    """``E-bar`` of a run (eq. fragrow-ebar): the mean epochs its added blocks trained, from
+    the growth events of its record (one seed)."""
+    return average_training_epochs(record["metrics"]["events"], record["iterations_per_epoch"],
+                                   record["config"]["train"]["epochs"])
 
 
-def _plan(c: dict, ipe: int, tracker: MomentTracker | None):
-    """GrowthPlan of a growing method and its number of blocks (None, 0 for small, large)."""
-    if c["policy"] in ("small", "large"):
-        return None, 0
-    where = StageOrder(stage_counts(c["architecture"], c["seed_blocks"]),
-                       stage_counts(c["architecture"], c["target_blocks"]), c["order"],
-                       "double" if c["policy"] == "LipGrow" else "one")
-    frame = (ipe, where.n_blocks, c["epochs"], c["finetune_min"])
-    policy = {"FRAGrow": lambda: FRAGrow(*frame, alpha=c["alpha"]),
-              "periodic": lambda: Periodic(*frame),
-              "fast": lambda: Periodic(*frame, interval=(c["epochs"] - c["finetune_min"])
-                                       / where.n_blocks / c["fast_factor"]),
-              "convergent": lambda: Convergent(*frame, patience=c["patience"]),
-              "LipGrow": lambda: LipGrow(*frame, tolerance=c["lipgrow_tolerance"])}[
-        c["policy"]]()
-    how = BlockInit(c["init"], tracker=tracker)
-    return GrowthPlan(policy, where, how), where.n_blocks
+def final_depths(record: dict) -> list[int]:
+    """Blocks per stage of a run's final network (one seed)."""
+    return record["metrics"]["final_model"][0]["depths"]
 
 
-def run(name: str, c: dict, *, directory=None, preset: str = "cpu", device: str = "cpu",
-        progress: bool = True, split=None, rank: int = 0, world: int = 1) -> dict:
-    """Train one configuration, measure its final test error, save and return its record.
-
-    With ``world > 1`` (under torchrun, see :mod:`growcore.distributed`) every rank trains a
-    DDP-wrapped network on its shard with ``batch_size / world`` examples per step (the global
-    batch is ``batch_size``), growth decided on rank 0; rank 0 saves the record.
-    """
-    split = (split or load_split(c["data"])).to(device)
-    train_split = type(split)(split.X_train, split.y_train, X_val=split.X_val,
-                              y_val=split.y_val)  # the test set is measured once, at the end
-    train_split, batch = shard(train_split, rank, world), c["batch_size"] // world
-    ipe = math.ceil(len(train_split.y_train) / batch)
-    iterations = c["epochs"] * ipe
-    torch.manual_seed(c["seed"])
-    blocks = c["target_blocks"] if c["policy"] == "large" else c["seed_blocks"]
-    model = build_model(c["architecture"], blocks, c["widths"], len(split.classes),
-                        c["data"].get("image_size")).to(device)
-    tracker = MomentTracker(c["moment_decay"]) if c["init"] == "moment" else None
-    plan, n_blocks = _plan(c, ipe, tracker)
-    if world > 1:
-        model = wrap(model)
-        if plan is not None:
-            plan = GrowthPlan(Agreed(plan.when, device), plan.where, plan.how,
-                              op=distributed_op(apply_growth))
-    start = time.perf_counter()
-    model, history = train(model, train_split, iterations=iterations, lr=c["lr"],
-                           momentum=c["momentum"], weight_decay=c["weight_decay"],
-                           batch_size=batch, plan=plan, eval_every=ipe,
-                           lr_schedule=GrowThenCosine(iterations, n_blocks),
-                           augment=augment_cifar if c["data"]["augment"] else None,
-                           seed=c["seed"], progress=progress, desc=name)
-    wall = time.perf_counter() - start
-    model = unwrap(model)
-    test_error = float(evaluate(model, split.X_test, split.y_test).mean())
-    final_train = float(evaluate(model, split.X_train, split.y_train).mean())
-    h = history.as_dict()
-    policy = getattr(plan.when, "policy", plan.when) if plan is not None else None
-    record = results.make_record(
-        name, c, preset=preset, seeds=[c["seed"]], device=device, wall_time_s=wall,
-        iterations_per_epoch=ipe, plan=h["plan"],
-        metrics={"test_error": test_error, "train_error": final_train,
-                 "cost_flops": h["cost_flops"][-1], "evals": h["evals"],
-                 "events": h["events"], "lr": h["lr"][::ipe],
-                 "loss": [sum(row) / len(row) for row in zip(*h["loss"])][::ipe],
-                 "e_bar": average_training_epochs(h["events"], ipe, c["epochs"]),
-                 "final_depths": depths(model), "trace": getattr(policy, "trace", [])})
-    return results.store(record, directory, save=rank == 0)
+def orl_trace(record: dict) -> list[list[float]]:
+    """FRAGrow's ``(iteration, ORL, interval)`` at every evaluation of a run (one seed)."""
+    return record["metrics"]["when"][0]["trace"]
 
 
 PAPER = PAPER_NUMBERS["tables"]
@@ -263,16 +236,15 @@ def table(number: int, records: dict[str, dict], p: dict, regime: str) -> list[d
     runs = methods([number], p["alphas"])
     if number == 8:
         runs = sorted(runs, key=lambda m: float(m.split("=")[1]) if "=" in m else p["alpha"])
-    ours = {m: [r for r in records.values()
-                if r["config"]["regime"] == regime and r["config"]["method"] == m]
-            for m in runs}
+    ours = {m: [r for r in records.values()  # a run's name: its label and " s<seed>"
+                if r["name"].rsplit(" s", 1)[0] == label(p, regime, m)] for m in runs}
     reference = _mean_of(ours.get(TIME_REFERENCE[number]) or [], "time")
     ref_cost = _mean_of(ours.get(TIME_REFERENCE[number]) or [], "cost")
     paper = PAPER[number].get(p["architecture"], {}).get(PAPER_DATA.get(regime, regime), {})
     rows = []
     for method in runs:
         found, theirs = ours[method], paper.get(method, (None, None))
-        row = {"method": method, "n": len(found),
+        row = {"method": method, "n": sum(len(r["seeds"]) for r in found),
                "test error %": 100 * _mean_of(found, "test")}
         if number == 1:
             row["train error %"] = 100 * _mean_of(found, "train")
@@ -287,17 +259,14 @@ def table(number: int, records: dict[str, dict], p: dict, regime: str) -> list[d
 
 
 def _mean_of(found: list[dict], what: str) -> float:
-    key = {"test": "test_error", "train": "train_error", "e_bar": "e_bar",
-           "cost": "cost_flops"}
-    values = [r["wall_time_s"] if what == "time" else r["metrics"][key[what]] for r in found]
+    """Mean over the seeds of ``found`` of the final test or training error, the training
+    FLOPs or E-bar; ``"time"``: mean wall time of the records (one seed each)."""
+    per_seed = {"test": lambda r: r["metrics"]["final_test"],
+                "train": lambda r: r["metrics"]["final_train"],
+                "cost": lambda r: r["metrics"]["total_cost_flops"],
+                "e_bar": lambda r: [average_epochs(r)], "time": lambda r: [r["wall_time_s"]]}
+    values = [value for r in found for value in per_seed[what](r)]
     return sum(values) / len(values) if values else float("nan")
-
-
-def run_or_load(name: str, c: dict, *, reuse: bool, directory, **options) -> dict:
-    """The newest saved record of this configuration when ``reuse`` (e.g. written by a
-    torchrun launch of :func:`main`), otherwise a fresh :func:`run`."""
-    found = results.latest(name, c, directory) if reuse else None
-    return found or run(name, c, directory=directory, **options)
 
 
 def notebook_parameters(preset: str) -> dict:
@@ -306,50 +275,15 @@ def notebook_parameters(preset: str) -> dict:
     return validate(runner_parameters("fragrow", preset))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run experiments of the chapter outside the notebook, e.g. on many GPUs::
-
-        torchrun --standalone --nproc_per_node=8 -m growcore.chapters.fragrow \\
-            --preset gpu --experiment "resnet CIFAR-10 FRAGrow s0"
-
-    Records go to ``$GROWCORE_RESULTS/fragrow/<preset>``, where the notebook finds them.
-    """
-    parser = argparse.ArgumentParser(prog="python -m growcore.chapters.fragrow",
-                                     description=main.__doc__)
-    parser.add_argument("--preset", default="gpu", choices=PRESETS)
-    parser.add_argument("--experiment", action="append", metavar="NAME",
-                        help="run name (repeatable; default: every run of the preset)")
-    parser.add_argument("--list", action="store_true", help="print the run names and exit")
-    args = parser.parse_args(argv)
-    p = notebook_parameters(args.preset)
-    runs = experiments(p)
-    if args.list:
-        print("\n".join(runs))
-        return
-    unknown = sorted(set(args.experiment or ()) - set(runs))
-    if unknown:
-        parser.error(f"unknown experiment(s) {unknown}; valid: {sorted(runs)}")
-    rank, world = init_from_environment()
-    device = resolve_device(p["device"])
-    if device == "cuda":
-        device = f"cuda:{torch.cuda.current_device()}"
-    directory = results_dir() / "fragrow" / args.preset
-    for name in args.experiment or runs:
-        record = run(name, runs[name], directory=directory, preset=args.preset, device=device,
-                     progress=p["progress"] and rank == 0, rank=rank, world=world)
-        if rank == 0:
-            print(f"{name}: test error {100 * record['metrics']['test_error']:.2f} %, "
-                  f"{record['wall_time_s']:.0f} s -> {record['path']}")
-
-
 def blocks_over_time(record: dict) -> tuple[list[float], list[int]]:
     """The blocks a run has added, as a step function of the epoch.
 
     Parameters
     ----------
     record : dict
-        A record of :func:`run`: ``iterations_per_epoch``, ``config["epochs"]`` and the
-        growth events (``iteration``, ``blocks_added``).
+        A record of :func:`growcore.driver.run_experiment`: ``iterations_per_epoch``,
+        ``config["train"]["epochs"]`` and the growth events (``iteration``,
+        ``blocks_added``).
 
     Returns
     -------
@@ -359,7 +293,7 @@ def blocks_over_time(record: dict) -> tuple[list[float], list[int]]:
         Blocks added from each of these epochs on (the last repeats the final count), for
         ``plt.step(epochs, blocks, where="post")``.
     """
-    ipe, total = record["iterations_per_epoch"], record["config"]["epochs"]
+    ipe, total = record["iterations_per_epoch"], record["config"]["train"]["epochs"]
     steps = [(0.0, 0)]
     for event in record["metrics"]["events"]:
         steps.append((event["iteration"] / ipe, steps[-1][1] + event["blocks_added"]))
@@ -376,7 +310,7 @@ def show_table(number: int, title: str, records: dict[str, dict], p: dict):
     title : str
         Printed above the table.
     records : dict
-        Run name -> record of :func:`run`.
+        Run name -> record (:func:`growcore.driver.run_experiment`).
     p : dict
         The chapter's parameters (``tables``, ``regimes`` and what :func:`table` reads).
 
@@ -397,6 +331,3 @@ def show_table(number: int, title: str, records: dict[str, dict], p: dict):
     print(title)
     return frame
 
-
-if __name__ == "__main__":
-    main()

@@ -4,6 +4,11 @@ Section 4 of Wang, Mille and Hidane: compact VGG nets on CIFAR-10 (Conv+BN+ReLU,
 max-pooling after each of three blocks, a dense classifier), AdamW with cosine decay, the
 validation-window trigger, NAGN increments, the eq. (1) initialiser, and the static baseline
 (the grown run's final widths trained from scratch under identical conditions).
+
+The CIFAR-10 runs are configurations of :mod:`growcore.driver` (:func:`experiments`,
+:func:`static_baseline`), read back from its records by the summaries below. The bottleneck
+check (:func:`bottleneck_profiles`) trains with :func:`growcore.train.train` directly: it
+reads NAGN observers attached without a plan, which a driver configuration cannot express.
 """
 
 from __future__ import annotations
@@ -15,12 +20,11 @@ import numpy as np
 import torch
 
 from growcore import papers, registry, results
-from growcore.images import augment_cifar, cifar10
+from growcore.images import augment_cifar
 from growcore.models.factory import build_named
-from growcore.models.vgg import VGG
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
-from growcore.registry import build_plan
+from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES
 from growcore.stats import NAGNObserver, default_layers, producer_layers
 from growcore.train import train
@@ -89,24 +93,38 @@ def _iterations_per_epoch(p: dict) -> int:
     return math.ceil(p["n_train"] / p["batch_size"])
 
 
-def run_config(p: dict, widths, grow: bool, seeds: list[int],
-               seed_widths: dict | None = None) -> dict:
-    """Configuration of one CIFAR-10 run (grown, or static with ``seed_widths`` per seed)."""
-    config = {"data": {"name": "cifar10", "n_train": p["n_train"], "n_val": p["n_val"],
-                       "n_test": p["n_test"], "split_seed": 0, "augment": p["augment"]},
-              "model": {"kind": "vgg", "widths": widths, "head": "flatten"},
-              "seeds": list(seeds), "epochs": p["epochs"],
-              "optimizer": {"name": "adamw", "lr": p["lr"], "weight_decay": p["weight_decay"],
-                            "batch_size": p["batch_size"], "schedule": "cosine"},
-              "evals_per_epoch": p["evals_per_epoch"], "growth": None}
-    if grow:
-        config["growth"] = {key: p[key] for key in (
-            "w_acc", "delta_acc", "delta_stop", "tau", "delta_max", "fallback_fraction",
-            "nagn_window_batches")}
-        config["growth"]["how"] = p["growth_how"]
-    if seed_widths is not None:
-        config["model"]["seed_widths"] = {str(s): w for s, w in seed_widths.items()}
-    return config
+def experiment(p: dict, name: str, widths, seeds) -> dict:
+    """The driver configuration of one grown CIFAR-10 run of the chapter
+    (:mod:`growcore.driver`), grown by :func:`growth_plan` with the initialiser
+    ``p["growth_how"]``.
+
+    Parameters
+    ----------
+    p : dict
+        The validated notebook parameters.
+    name : str
+        The run's name (the record's).
+    widths : list of list of int
+        The VGG's conv widths per block.
+    seeds : iterable of int
+        The run's seeds; seed ``s``'s net starts from ``torch.manual_seed(s)``.
+
+    Returns
+    -------
+    dict
+        AdamW with cosine decay on the chapter's split of CIFAR-10 (the validation images
+        held out of the training set), ``evals_per_epoch`` evaluations per epoch.
+    """
+    data = {"name": "cifar10", "n_train": p["n_train"], "n_val": p["n_val"],
+            "n_test": p["n_test"], "split_seed": 0, "augment": p["augment"]}
+    if p.get("cifar10_archive"):
+        data["archive"] = p["cifar10_archive"]
+    train = {"epochs": p["epochs"], "batch_size": p["batch_size"], "lr": p["lr"],
+             "optimizer": "adamw", "weight_decay": p["weight_decay"], "schedule": "cosine",
+             "evals_per_epoch": p["evals_per_epoch"]}
+    return {"name": name, "seeds": list(seeds), "data": data,
+            "model": {"name": "vgg", "config": widths, "head": "flatten"}, "train": train,
+            "plan": growth_plan({**p, "how": p["growth_how"]})}
 
 
 def growth_plan(g: dict) -> dict:
@@ -121,85 +139,67 @@ def growth_plan(g: dict) -> dict:
             "how": g.get("how", "kaiming_new")}
 
 
-def load_split(config: dict, archive: str = "", device: str = "cpu"):
-    """The CIFAR-10 split of a configuration (``archive=""``: the default location)."""
-    data = config["data"]
-    split = cifar10(archive=archive or None, n_train=data["n_train"], n_val=data["n_val"],
-                    n_test=data["n_test"], seed=data["split_seed"])
-    return split.to(device)
+def experiments(p: dict) -> dict[str, dict]:
+    """The grown runs of the chapter, name -> driver configuration: Fig. 1 (``"fig1"``) and
+    one ``"grown <widths>"`` per configuration of Fig. 2. Each static baseline depends on
+    its grown run's final widths: :func:`static_baseline` makes it from the grown record."""
+    fig2 = range(p["n_seeds"])
+    return {"fig1": experiment(p, "fig1", p["fig1_widths"], range(p["fig1_seeds"])),
+            **{f"grown {widths}": experiment(p, f"grown {widths}", widths, fig2)
+               for widths in p["configurations"]}}
 
 
-def final_widths(model: VGG) -> list[list[int]]:
-    """Conv widths per block of a (grown) VGG."""
-    return [[block.conv.out_channels for block in stage] for stage in model.stages]
+def notebook_parameters(preset: str) -> dict:
+    """The notebook's parameters under ``preset`` (the parameters cell's defaults updated by
+    the preset file's section, as papermill injects them), validated."""
+    return validate(runner_parameters("nagn", preset))
 
 
-def run(name: str, config: dict, split, *, directory=None, preset: str = "cpu",
-        device: str = "cpu", progress: bool = True, save: bool = True,
-        seeds: list[int] | None = None) -> dict:
-    """Train every seed of a configuration, one after the other, and save the record.
-
-    The record holds, per seed: the evaluations (iteration, val and test error), the growth
-    events (NAGN profile, contrasts, increments), the final widths, the training wall time
-    and the cumulative FLOPs.
-    """
-    per_seed, start = [], time.perf_counter()
-    for seed in seeds if seeds is not None else config["seeds"]:
-        per_seed.append(_train_seed(config, seed, split, device, progress, f"{name} s{seed}"))
-    record = results.make_record(name, config, preset=preset,
-                                 seeds=[r["seed"] for r in per_seed], device=device,
-                                 wall_time_s=time.perf_counter() - start, runs=per_seed)
-    return results.store(record, directory, save)
+def static_baseline(grown: dict, name: str) -> dict:
+    """The static baseline of a grown run (section 4): its configuration without the plan,
+    each seed's net built with that seed's final widths (``model.per_seed``), trained from
+    scratch under identical conditions (data, epochs, optimiser, schedule, seeds)."""
+    config = grown["config"]
+    per_seed = {str(seed): {"config": widths}
+                for seed, widths in zip(grown["seeds"], final_widths(grown))}
+    return {**config, "name": name, "plan": None,
+            "model": {**config["model"], "per_seed": per_seed}}
 
 
-def _train_seed(config: dict, seed: int, split, device: str, progress: bool,
-                desc: str) -> dict:
-    opt, model_spec = config["optimizer"], config["model"]
-    widths = model_spec.get("seed_widths", {}).get(str(seed), model_spec["widths"])
-    torch.manual_seed(seed)
-    model = build_named("vgg", (3, 32, 32), 10, config=widths,
-                        head=model_spec["head"]).to(device)
-    per_epoch = math.ceil(config["data"]["n_train"] / opt["batch_size"])
-    iterations = config["epochs"] * per_epoch
-    plan, when = None, None
-    if config["growth"] is not None:
-        plan = build_plan(growth_plan(config["growth"]), {"seed": seed})
-        when = plan.when
-    final, history = train(
-        model, split, iterations=iterations, lr=opt["lr"], optimizer="adamw",
-        weight_decay=opt["weight_decay"], batch_size=opt["batch_size"], plan=plan,
-        eval_every=max(1, per_epoch // config["evals_per_epoch"]),
-        lr_schedule=lambda t, _history: 0.5 * (1 + math.cos(math.pi * t / iterations)),
-        augment=augment_cifar if config["data"]["augment"] else None,
-        seed=seed, progress=progress, desc=desc)
-    metrics = history.as_dict()
-    return {"seed": seed, "widths": widths, "final_widths": final_widths(final),
-            "plan": metrics["plan"],
-            "iterations_per_epoch": per_epoch, "evals": metrics["evals"],
-            "events": metrics["events"], "wall_time_s": metrics["wall_time"][-1],
-            "cost_flops": metrics["cost_flops"][-1], "n_params": metrics["n_params"][-1],
-            "stopped_at": list(when.stopped_at) if when and when.stopped_at else None,
-            "test_accuracy": 1 - float(np.mean(metrics["evals"][-1]["test_error"]))
-            if "test_error" in metrics["evals"][-1] else None}
+def final_widths(record: dict) -> list[list[list[int]]]:
+    """Conv widths per block of every seed's final (grown) VGG, from the record."""
+    return [model["config"] for model in record["metrics"]["final_model"]]
+
+
+def seed_events(record: dict, seed: int) -> list[dict]:
+    """The growth events of one seed of a record, in order."""
+    return [e for e in record["metrics"]["events"] if seed in e["seeds"]]
+
+
+def accuracy_at_last_eval(record: dict) -> list[float]:
+    """Per seed, the test accuracy at the last evaluation of the training loop (the one the
+    paper's trigger also sees), ``1 - test_error``."""
+    return [1 - evals[-1]["test_error"] for evals in record["metrics"]["evals"]]
 
 
 def ratios(grown: dict, static: dict) -> dict:
     """Grown/static ratios of one configuration: of the seed-mean test accuracy at the last
     evaluation, of the seed-mean training wall time and of the seed-mean training FLOPs."""
-    def mean(record, key):
-        return float(np.mean([r[key] for r in record["runs"]]))
+    def per_seed(record):  # time and FLOPs: the totals after the last iteration
+        metrics = record["metrics"]
+        return {"accuracy": accuracy_at_last_eval(record),
+                "time": [series[-1] for series in metrics["wall_time"]],
+                "flops": [series[-1] for series in metrics["cost_flops"]]}
 
-    return {key: mean(grown, field) / mean(static, field) for key, field in
-            (("accuracy", "test_accuracy"), ("time", "wall_time_s"), ("flops", "cost_flops"))}
+    g, s = per_seed(grown), per_seed(static)
+    return {key: float(np.mean(g[key])) / float(np.mean(s[key])) for key in g}
 
 
 def accuracy_curves(record: dict) -> tuple[np.ndarray, np.ndarray]:
     """Epochs [E] and test accuracies [S, E] of a record's evaluations."""
-    runs = record["runs"]
-    per_epoch = runs[0]["iterations_per_epoch"]
-    epochs = np.array([e["iteration"] for e in runs[0]["evals"]]) / per_epoch
-    acc = np.array([[1 - float(np.mean(e["test_error"])) for e in r["evals"]] for r in runs])
-    return epochs, acc
+    evals = record["metrics"]["evals"]
+    epochs = np.array([e["iteration"] for e in evals[0]]) / record["iterations_per_epoch"]
+    return epochs, np.array([[1 - e["test_error"] for e in seed] for seed in evals])
 
 
 def bottleneck_profiles(p: dict, split, device: str = "cpu", progress: bool = True,

@@ -13,8 +13,11 @@ import torch
 from growcore import plots
 from growcore.experiments import chosen_sites, spiral_config
 from growcore.losses import per_seed_cross_entropy
-from growcore.params import Spec, require
+from growcore.params import ParameterError, Spec, require
 from growcore.params import validate as validate_all
+from growcore.plan import PlanError
+from growcore.registry import build_plan
+from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES
 from growcore.stats import NORMALISATIONS
 
@@ -31,6 +34,7 @@ PARAMETERS = {
     "lr_factor_after_insertion": Spec(float, minimum=0),
     "merit_normalisation": Spec(str, choices=NORMALISATIONS),
     "resnet_W1_scale": Spec(float),
+    "extra_plans": Spec(dict),
     "device": Spec(str, choices=DEVICES),
     "threads": Spec(int, minimum=1),
     "progress": Spec(bool),
@@ -49,11 +53,28 @@ def validate(namespace: dict) -> dict:
             f"{params['insertion_sweep']}")
     require(params["lr_fnn"] > 0 and params["lr_resnet"] > 0, "lr_fnn/lr_resnet",
             "learning rates must be positive")
+    for label, plan in params["extra_plans"].items():
+        try:
+            build_plan(extra_plan(plan, params))
+        except PlanError as error:
+            raise ParameterError(f"parameter 'extra_plans', entry {label!r}: {error}") from error
     return params
 
 
+def extra_plan(entry: dict, p: dict) -> dict:
+    """A plan of the ``extra_plans`` parameter by registry names: the entry's roles over
+    SensLI's own (insertion at ``insertion_iteration``, SensLI's merit, identity layer)."""
+    require(isinstance(entry, dict), "extra_plans",
+            f"each entry is a mapping of plan roles to registry names; got {entry!r}")
+    default = {"when": {"name": "at", "iterations": p["insertion_iteration"]},
+               "where": {"name": "sensli", "normalisation": p["merit_normalisation"],
+                         "resnet_W1_scale": p["resnet_W1_scale"]},
+               "how": {"name": "identity", "resnet_W1_scale": p["resnet_W1_scale"]}}
+    return {**default, **entry}
+
+
 def experiments(p: dict) -> dict[str, dict]:
-    """All runs of the chapter, name -> configuration (see :func:`spiral_config`)."""
+    """All runs of the chapter, name -> driver configuration (see :func:`spiral_config`)."""
     seeds = list(range(p["n_seeds"]))
     common = {"seeds": seeds, "iterations": p["iterations"],
               "normalisation": p["merit_normalisation"], "resnet_W1_scale": p["resnet_W1_scale"]}
@@ -85,12 +106,22 @@ def experiments(p: dict) -> dict[str, dict]:
         for select, label in (("max", "LI"), ("min", "LI_other")):
             runs[f"ResNet[3,3,3] {label} x{factor}"] = spiral_config(
                 widths=[3, 3, 3], insert_at=at, select=select, lr_factor=factor, **resnet)
+    # Any other plan by registry names on the same net, e.g. a random position (the control)
+    for label, entry in p["extra_plans"].items():
+        runs[f"FNN[4,4] {label}"] = {**spiral_config(widths=[4, 4], **fnn),
+                                      "plan": extra_plan(entry, p)}
     # Normalisation: with unequal widths 1/h_k^2 can change the choice (FNN [8, 3])
     for normalisation in NORMALISATIONS:
         runs[f"FNN[8,3] LI {normalisation}"] = spiral_config(
             widths=[8, 3], insert_at=at, select="max",
             **{**fnn, "normalisation": normalisation})
-    return runs
+    return {name: {**config, "name": name} for name, config in runs.items()}
+
+
+def notebook_parameters(preset: str) -> dict:
+    """The notebook's parameters under ``preset`` (the parameters cell's defaults updated by
+    the preset file's section, as papermill injects them), validated."""
+    return validate(runner_parameters("sensli", preset))
 
 
 def loss_of(model, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

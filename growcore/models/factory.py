@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
 from growcore.activations import ACTIVATIONS, ReLUWithSlopeAtZero
@@ -44,13 +45,13 @@ def _activation(options: dict) -> dict:
 
 
 def _seed_batched(cls):
-    def build(shape, classes, seeds, widths, activation=None):
+    def build(shape, classes, seeds, widths, activation=None, dtype=torch.float32):
         if activation is not None and activation not in ACTIVATIONS:
             raise ModelError(f"model activation must be one of {sorted(ACTIVATIONS)}, "
                              f"got {activation!r}")
         extra = {} if activation is None else {"activation": activation}
         return cls.initial(list(widths), list(seeds), in_features=shape[0],
-                           out_features=classes, **extra)
+                           out_features=classes, dtype=dtype, **extra)
     return build
 
 

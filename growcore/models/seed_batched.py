@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from growcore.activations import ACTIVATIONS
-from growcore.models.sites import DepthSite
+from growcore.models.sites import DepthSite, WidthSite
 
 Layer = dict[str, torch.Tensor]
 
@@ -150,12 +150,41 @@ class SeedBatchedFNN(SeedBatchedNet):
         # ReLU hidden layer, so k runs over the hidden layers 1..L.
         return list(range(1, len(self.hidden) + 1))
 
-    def growth_sites(self) -> list[DepthSite]:
-        """A plain depth site after every hidden layer (SensLI's positions ``k``); the
-        seed-batched nets do not grow in width."""
-        return [DepthSite("hidden", self.insertion_index(k), "plain", self.width_at(k),
-                          activation=self.activation, position=k)
-                for k in self.insertion_positions()]
+    def width_sites(self) -> list[WidthSite]:
+        """Every hidden layer, named as in each seed's :meth:`seed_module` (``layers.k``
+        produces, ``layers.k+1`` consumes; ``layers.k`` is ``hidden.k`` here): width growth
+        works seed by seed on those MLPs (:func:`growcore.ops.widen_seeds`), where these
+        names are module paths."""
+        return [WidthSite(f"layers.{k}", None, f"layers.{k + 1}")
+                for k in range(len(self.hidden))]
+
+    def growth_sites(self) -> list:
+        """Width sites, then a plain depth site after every hidden layer (SensLI's
+        positions ``k``)."""
+        return [*self.width_sites(),
+                *(DepthSite("hidden", self.insertion_index(k), "plain", self.width_at(k),
+                            activation=self.activation, position=k)
+                  for k in self.insertion_positions())]
+
+    def seed_module(self, i: int):
+        """Seed ``i``'s network as a :class:`growcore.models.mlp.MLP` with biases (the same
+        function; ``hidden.k`` is its ``layers.k``, ``output.0`` its last layer)."""
+        from growcore.models.mlp import MLP
+
+        layers = [*self.hidden, *self.output]
+        net = MLP([self.in_features, *self.widths(), self.out_features], self.activation,
+                  bias=True).to(layers[0].W.dtype)
+        with torch.no_grad():
+            for linear, layer in zip(net.layers, layers):
+                linear.weight.copy_(layer.W[i])
+                linear.bias.copy_(layer.b[i])
+        return net
+
+    def from_seed_modules(self, nets: list) -> SeedBatchedFNN:
+        """The seed-batched net of one MLP per seed (as :meth:`seed_module` gives them)."""
+        layers = stack_seeds([[{"W": linear.weight.detach(), "b": linear.bias.detach()}
+                               for linear in net.layers] for net in nets])
+        return self.like({"hidden": layers[:-1], "output": layers[-1:]})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every seed: x [N, d] or [S, N, d] -> [S, N, c]."""

@@ -16,7 +16,7 @@ from growcore.ops.insert import (
     insert_modules,
 )
 from growcore.ops.optim import OPTIMIZERS, GrowThenCosine, make_optimizer, rebuild_optimizer
-from growcore.ops.widen import NewUnits, WidthGrowth, unit_sizes, widen, width
+from growcore.ops.widen import NewUnits, WidthGrowth, unit_sizes, widen, widen_seeds, width
 
 __all__ = [
     "OPTIMIZERS",
@@ -35,5 +35,6 @@ __all__ = [
     "rebuild_optimizer",
     "unit_sizes",
     "widen",
+    "widen_seeds",
     "width",
 ]

@@ -88,7 +88,7 @@ def at_positions(model: SeedBatchedNet, positions) -> list[Proposal]:
     network of section 2.4 inserts at all positions at once).
     """
     per_seed = _positions_per_seed(model, positions)
-    sites = {site.position: site for site in model.growth_sites()}
+    sites = {site.position: site for site in model.growth_sites() if site.kind == "depth"}
     return [Proposal(sites[k], 1, seed=s) for s, ks in enumerate(per_seed) for k in ks]
 
 

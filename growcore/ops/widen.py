@@ -140,6 +140,38 @@ def widen(model: nn.Module, proposals: Sequence[Proposal], how, stats=None) -> W
     return WidthGrowth(grown, {name: old_shapes[name] for name in changed})
 
 
+def widen_seeds(model, proposals: Sequence[Proposal], how, stats=None) -> WidthGrowth:
+    """Width growth of a seed-batched FNN, seed by seed.
+
+    Seed ``i``'s network (:meth:`growcore.models.seed_batched.SeedBatchedFNN.seed_module`,
+    an MLP whose width sites have the names of the batched net's) is widened by
+    :func:`widen` with its proposals (those with ``seed == i``, and those without a seed)
+    and the grown MLPs are stacked again. Every seed must end with the
+    same widths (:class:`growcore.models.seed_batched.SeedShapeMismatch` otherwise, e.g. when
+    seeds chose different sites).
+
+    Parameters
+    ----------
+    how : initialiser, or a sequence of one initialiser per seed
+        Called on seed ``i``'s MLP with the MLP's site (per-seed initialisers keep each
+        seed's random draws its own).
+    """
+    from growcore.models.seed_batched import SeedShapeMismatch
+
+    hows = list(how) if isinstance(how, Sequence) else [how] * model.n_seeds
+    grown = []
+    for i in range(model.n_seeds):
+        mine = [Proposal(p.site, p.amount) for p in proposals if p.seed in (None, i)]
+        grown.append(widen(model.seed_module(i), mine, hows[i], stats).model)
+    widths = {tuple(net.widths) for net in grown}
+    if len(widths) > 1:
+        raise SeedShapeMismatch(f"seeds grew to different widths {sorted(widths)}")
+    new = model.from_seed_modules(grown)
+    old = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    return WidthGrowth(new, {name: old[name] for name, p in new.named_parameters()
+                             if tuple(p.shape) != old[name]})
+
+
 def _check_shapes(model: nn.Module, site, k: int, new: NewUnits) -> None:
     D, o, R = unit_sizes(model, site)
     if tuple(new.incoming.shape) != (k, D) or tuple(new.outgoing.shape) != (o, k, R):

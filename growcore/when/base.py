@@ -58,6 +58,10 @@ class WhenPolicy:
         """A JSON-able description for result records."""
         return {"policy": type(self).__name__}
 
+    def report(self) -> dict:
+        """What the policy observed during the run (JSON-able), for the run's record."""
+        return {}
+
 
 _EPOCH_TOLERANCE = 1e-9  # epochs are ratios of integers: compare without rounding noise
 

@@ -59,6 +59,10 @@ class FRAGrow(EpochPolicy):
         return fresh and (self.epochs_since_growth(iteration, history)
                           >= self.interval(history) - _EPOCH_TOLERANCE)
 
+    def report(self) -> dict:
+        """Every evaluation's ``(iteration, ORL, interval)``."""
+        return {"trace": [list(row) for row in self.trace]}
+
     def describe(self) -> dict:
         return {**super().describe(), "alpha": self.alpha, "orl_unit": "percentage points"}
 
@@ -116,6 +120,10 @@ class LipGrow(EpochPolicy):
             self.tolerance = 1 + (self.tolerance - 1) / 2
             return True
         return False
+
+    def report(self) -> dict:
+        """Every epoch's ``(iteration, Lipschitz estimate)``."""
+        return {"trace": [list(row) for row in self.trace]}
 
     def describe(self) -> dict:
         return {**super().describe(), "tolerance": self.tolerance}

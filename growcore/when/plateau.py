@@ -90,6 +90,11 @@ class ValidationWindow(WhenPolicy):
         self._since = len(evals)
         return True
 
+    def report(self) -> dict:
+        """The growth triggers and the stop, each ``(iteration, validation accuracy)``."""
+        return {"triggers": [list(t) for t in self.triggers],
+                "stopped_at": list(self.stopped_at) if self.stopped_at else None}
+
     def describe(self) -> dict:
         return {"policy": "ValidationWindow", "w_acc": self.w_acc, "delta_acc": self.delta_acc,
                 "delta_stop": self.delta_stop, "max_growths": self.max_growths}

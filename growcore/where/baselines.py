@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from growcore.losses import LOSSES, as_seed_batch
+from growcore.models.seed_batched import SeedBatchedNet
 from growcore.models.sites import DepthSite, Proposal, WidthSite
 from growcore.stats.probe import FULL_CHUNK, Probe, data_of, unchanged_buffers
 
@@ -89,8 +90,12 @@ class RandomWidth:
 
 @dataclass
 class RandomDepth:
-    """WHERE: one depth site drawn uniformly at random (the same for every seed of a
-    seed-batched net): the control of SensLI's choice."""
+    """WHERE: one depth site drawn uniformly at random, the control of SensLI's choice.
+
+    On a seed-batched net every seed draws its own site, from a generator seeded by that
+    seed's value (so a seed draws the same sites batched or alone); otherwise from the
+    generator of ``seed``.
+    """
 
     seed: int = 0
 
@@ -98,11 +103,19 @@ class RandomDepth:
 
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.seed)
+        self._per_seed: dict[int, torch.Generator] = {}
 
     def __call__(self, model: nn.Module, sites: list[DepthSite], stats=None
                  ) -> tuple[list[Proposal], dict]:
-        (site,) = _draw(sites, 1, self.generator)
-        return [Proposal(site)], {"chosen": [site.name]}
+        if not isinstance(model, SeedBatchedNet):
+            (site,) = _draw(sites, 1, self.generator)
+            return [Proposal(site)], {"chosen": [site.name]}
+        proposals = []
+        for i, seed in enumerate(model.seeds):
+            generator = self._per_seed.setdefault(seed, torch.Generator().manual_seed(seed))
+            (site,) = _draw(sites, 1, generator)
+            proposals.append(Proposal(site, seed=i))
+        return proposals, {"chosen": [p.site.position for p in proposals]}
 
     def describe(self) -> dict:
         return {"criterion": "RandomDepth", "seed": self.seed}

@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from growcore.models.seed_batched import SeedBatchedNet
 from growcore.models.sites import Proposal, WidthSite
 from growcore.ops.widen import width
 from growcore.stats.nagn import NAGNObserver
@@ -162,6 +163,14 @@ class NAGN:
     def observers(self) -> list:
         """The observer the training loop attaches (it collects the profile for free)."""
         return [self.observer]
+
+    def refuses(self, model: nn.Module) -> str | None:
+        """Why NAGN cannot grow ``model`` (None if it can)."""
+        if isinstance(model, SeedBatchedNet):
+            return ("NAGN reads activation gradients by hooks on the model's layers while it "
+                    "trains; a seed-batched net has no per-seed layers to hook (use the MLP "
+                    "family, one seed at a time)")
+        return None
 
     def __call__(self, model: nn.Module, sites: list[WidthSite], stats=None
                  ) -> tuple[list[Proposal], dict]:
