@@ -1,11 +1,17 @@
 """GradMax benchmarks, printed as ratios measured in one run (this machine is noisy: compare
-within a run, not across runs).
+within a run, not across runs; every time is the best of several trials taken in turns, so
+that all the variants see the same load).
 
 1. One GradMax growth step of VGG11 x0.25 at batch 128 (the statistics of every site from one
-   forward-backward pass, the SVDs, and the widening of every layer by its share of the first
-   of 12 growths to full width) vs one training step (forward, backward, SGD update). The paper
-   (section 4.1, Fig. 3c) says a growth step costs less than one training step.
-2. The size of every convolution's GradMax matrix (Appendix B) and the time of its SVD.
+   forward-backward pass, the matrices, their top-k singular vectors, and the widening of
+   every layer by its share of the first of 12 growths to full width) vs one training step
+   (forward, backward, SGD update), for the default and for the faster and the exact options.
+   The paper (section 4.1, Fig. 3c) says a growth step costs less than one training step.
+2. The parts of a growth step, in training steps.
+3. Every site's matrix (Appendix B): its size, each solver's time, and the alignment of the
+   fast solvers' top-k subspace with the SVD's.
+4. The pass-through statistics against the exact (virtual) ones, BatchNorm in train mode and
+   without BatchNorm: alignment of the top-k subspaces and ratio of the top singular values.
 
 Run: ``make bench`` or ``.venv/bin/python bench/bench_gradmax.py``.
 """
@@ -22,15 +28,141 @@ from growcore.how import GradMax
 from growcore.models.sites import width_sites
 from growcore.models.vgg import vgg11
 from growcore.ops import widen
+from growcore.ops.widen import unit_sizes
 from growcore.runtime import best_seconds, resolve_device
 from growcore.stats import Probe, TargetNorm, collect, gradient_matrix
+from growcore.stats.gradmax import singular_directions, weight_gradient_matrix
 from growcore.where import GrowToWidths
 
 BATCH = 128  # paper: batch 128 on CIFAR, also for the GradMax statistic
 WIDTH = 0.25  # paper: VGG11 grown from x0.25 to x1 in 12 growths
 GROWTHS = 12
+TRIALS = 5  # best of 5, taken in turns
+VARIANTS = {  # name -> GradMax options
+    "default (svd)": {},
+    "auxiliary kernel": {"conv_matrix": "auxiliary"},
+    "fast: weight_gradient + gram": {"conv_matrix": "weight_gradient", "solver": "gram"},
+    "fast: weight_gradient + lowrank": {"conv_matrix": "weight_gradient", "solver": "lowrank"},
+    "exact: virtual + weight_gradient + lowrank": {
+        "statistics": "virtual", "conv_matrix": "weight_gradient", "solver": "lowrank"},
+}
 
 
+def best_in_turns(fns: dict, trials: int = TRIALS) -> dict[str, float]:
+    """Best wall time of each callable, the trials interleaved across the callables."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(trials):
+        for name, fn in fns.items():
+            best[name] = min(best[name], best_seconds(fn, trials=1))
+    return best
+
+
+def alignment(A: torch.Tensor, B: torch.Tensor) -> float:
+    """Mean squared cosine of the principal angles between two orthonormal ``[m, k]`` sets."""
+    return float((A.T @ B).pow(2).sum() / A.shape[1])
+
+
+def matrix_flops(model, site, data) -> int:
+    """Multiply-adds (times 2) of eq. (20)'s contraction ``sum_(n, q) dz_(o, q) Q_((d, r), q)``
+    over one site's data: ``2 o R D N L``."""
+    D, o, R = unit_sizes(model, site)
+    return sum(2 * o * R * D * batch.dz.shape[0] * batch.dz.shape[2] for batch in data)
+
+
+def growth_steps(model, split: Split) -> float:
+    """Part 1: training step vs growth step, default and options; the training step's time."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)  # lr 0: model unchanged
+    X, y = split.X_train, split.y_train
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+
+    def growth(options):
+        proposals, _ = GrowToWidths(1 / WIDTH, GROWTHS)(model, width_sites(model))
+        how = GradMax(batch_size=BATCH, norm=TargetNorm(value=1e-4), **options)
+        widen(model, proposals, how, Probe(split))
+
+    step()  # warm-up
+    fns = {"training step": step,
+           **{name: functools.partial(growth, options) for name, options in VARIANTS.items()}}
+    for fn in fns.values():
+        fn()  # warm-up
+    times = best_in_turns(fns)
+    t_step = times.pop("training step")
+    print(f"  one training step {1000 * t_step:44.1f} ms")
+    for name, t in times.items():
+        print(f"  growth step, {name:42s} {1000 * t:8.1f} ms  growth / step = {t / t_step:5.2f}")
+    print("  (paper: < 1)")
+    return t_step
+
+
+def parts(model, split: Split, t_step: float, proposals) -> None:
+    """Parts 2 and 3: statistics, matrices and solvers, in training steps, and per site."""
+    sites = [p.site for p in proposals]
+    data = collect(model, sites, split, "cross_entropy")
+    conv = [s for s in sites if isinstance(model.get_submodule(s.consumer), torch.nn.Conv2d)]
+    matrices = {s: gradient_matrix(model, s, data[s]) for s in sites}
+    solve = {name: (lambda name=name: [singular_directions(matrices[p.site], p.amount, name)
+                                       for p in proposals]) for name in ("svd", "gram", "lowrank")}
+    times = best_in_turns({
+        "statistics, pass-through": lambda: collect(model, sites, split, "cross_entropy"),
+        "statistics, virtual": lambda: collect(model, sites, split, "cross_entropy",
+                                               statistics="virtual"),
+        "matrices, exact (im2col)": lambda: [gradient_matrix(model, s, data[s]) for s in conv],
+        "matrices, weight_gradient": lambda: [weight_gradient_matrix(model, s, data[s])
+                                              for s in conv],
+        **{f"top-k, {name}": fn for name, fn in solve.items()}})
+    print("\n  parts of a growth step, in training steps:")
+    for name, t in times.items():
+        print(f"    {name:28s} {t / t_step:6.2f}")
+    flops = sum(matrix_flops(model, s, data[s]) for s in sites)
+    step_flops = 3 * model.flops_per_example() * BATCH  # forward + backward ~ 3 forwards
+    print(f"    (forming the exact matrices takes {flops / 1e9:.1f} GFLOP, a training step "
+          f"{step_flops / 1e9:.1f}: {flops / step_flops:.2f} training steps in FLOPs)")
+    print("\n  site (producer -> consumer)          matrix size    k     svd ms    gram ms  "
+          "lowrank ms   align gram  align lowrank")
+    for p in proposals:
+        G, k = matrices[p.site], p.amount
+        t = best_in_turns({name: functools.partial(singular_directions, G, k, name)
+                           for name in ("svd", "gram", "lowrank")}, trials=3)
+        U = singular_directions(G, k, "svd")[0][:, :k]
+        align = [alignment(U, singular_directions(G, k, name)[0][:, :k])
+                 for name in ("gram", "lowrank")]
+        print(f"  {p.site.producer:>15s} -> {p.site.consumer:<17s} {G.shape[0]:5d} x "
+              f"{G.shape[1]:<5d} {min(k, *G.shape):3d} {1000 * t['svd']:9.1f} "
+              f"{1000 * t['gram']:10.1f} "
+              f"{1000 * t['lowrank']:11.1f} {align[0]:12.7f} {align[1]:14.7f}")
+
+
+def exactness(split: Split) -> None:
+    """Part 4: the pass-through statistics against the virtual (exact) ones."""
+    for batch_norm in (True, False):
+        torch.manual_seed(0)
+        model = vgg11(WIDTH, batch_norm=batch_norm,
+                      activation=functools.partial(ReLUWithSlopeAtZero, 1.0))
+        model.to(split.X_train.device)
+        proposals, _ = GrowToWidths(1 / WIDTH, GROWTHS)(model, width_sites(model))
+        sites = [p.site for p in proposals]
+        data = {name: collect(model, sites, split, "cross_entropy", statistics=name)
+                for name in ("passthrough", "virtual")}
+        print(f"\n  pass-through vs exact (virtual) statistics, BatchNorm "
+              f"{'in train mode' if batch_norm else 'absent'}:")
+        print("    site (producer -> consumer)            k   top-k alignment   "
+              "sigma_1 exact / pass-through")
+        for p in proposals:
+            G = {name: gradient_matrix(model, p.site, data[name][p.site]) for name in data}
+            U = {name: singular_directions(M, p.amount, "svd") for name, M in G.items()}
+            align = alignment(U["passthrough"][0][:, :p.amount], U["virtual"][0][:, :p.amount])
+            ratio = float(U["virtual"][1][0] / U["passthrough"][1][0])
+            print(f"    {p.site.producer:>15s} -> {p.site.consumer:<20s} "
+                  f"{min(p.amount, *G['virtual'].shape):3d} {align:14.3f} {ratio:20.1f}")
+
+
+def footnote() -> None:
+    print("\n  k: the units of the site's first growth, at most min(o R, D) directions (the "
+          "classifier site has 10: its alignment is 1 by construction)")
 
 
 def main() -> None:
@@ -38,46 +170,13 @@ def main() -> None:
     device = resolve_device("auto")
     model = vgg11(WIDTH, activation=functools.partial(ReLUWithSlopeAtZero, 1.0)).to(device)
     X = torch.randint(0, 256, (BATCH, 3, 32, 32), dtype=torch.uint8, device=device)
-    y = torch.randint(0, 10, (BATCH,), device=device)
-    split = Split(X, y)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)  # lr 0: model unchanged
-
-    def step():
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(X), y).backward()
-        opt.step()
-
-    def growth(conv_matrix="exact"):
-        proposals, _ = GrowToWidths(1 / WIDTH, GROWTHS)(model, width_sites(model))
-        how = GradMax(batch_size=BATCH, norm=TargetNorm(value=1e-4), conv_matrix=conv_matrix)
-        widen(model, proposals, how, Probe(split))
-
-    step()  # warm-up
-    t_step, t_growth = best_seconds(step), best_seconds(growth)
-    t_aux = best_seconds(functools.partial(growth, "auxiliary"))
+    split = Split(X, torch.randint(0, 10, (BATCH,), device=device))
     print(f"VGG11 x{WIDTH}, batch {BATCH}, {device}, {torch.get_num_threads()} CPU threads")
-    print(f"  one training step           {1000 * t_step:8.1f} ms")
-    print(f"  one GradMax growth step     {1000 * t_growth:8.1f} ms  "
-          f"(ratio growth / step = {t_growth / t_step:.2f}; paper: < 1)")
-    print(f"  the same, auxiliary kernel  {1000 * t_aux:8.1f} ms  "
-          f"(ratio growth / step = {t_aux / t_step:.2f}; Appendix B's construction, exact "
-          "without padding)")
-
-    sites = model.width_sites()
-    data = collect(model, sites, split, "cross_entropy")
-    t_collect = best_seconds(lambda: collect(model, sites, split, "cross_entropy"))
-    t_matrices = best_seconds(lambda: [gradient_matrix(model, s, data[s]) for s in sites])
-    t_svds = best_seconds(lambda: [torch.linalg.svd(gradient_matrix(model, s, data[s]),
-                                               full_matrices=False) for s in sites]) - t_matrices
-    print(f"\n  parts of the exact growth step, in training steps: statistics (one "
-          f"forward-backward) {t_collect / t_step:.2f}, matrices {t_matrices / t_step:.2f}, "
-          f"SVDs {t_svds / t_step:.2f}")
-    print("\n  site (producer -> consumer)                 matrix size       SVD ms")
-    for site in sites:
-        G = gradient_matrix(model, site, data[site])
-        t = best_seconds(lambda G=G: torch.linalg.svd(G, full_matrices=False))
-        print(f"  {site.producer:>18s} -> {site.consumer:<20s} "
-              f"{G.shape[0]:6d} x {G.shape[1]:<6d} {1000 * t:10.2f}")
+    t_step = growth_steps(model, split)
+    proposals, _ = GrowToWidths(1 / WIDTH, GROWTHS)(model, width_sites(model))
+    parts(model, split, t_step, proposals)
+    exactness(split)
+    footnote()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ paper's code does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
@@ -30,6 +30,8 @@ from growcore.losses import LOSSES, as_seed_batch
 from growcore.models.sites import Proposal
 from growcore.ops.widen import NewUnits, unit_sizes, widen
 from growcore.stats.gradmax import (
+    SOLVERS,
+    STATISTICS,
     GradientMatrices,
     TargetNorm,
     _unit_columns,
@@ -37,6 +39,7 @@ from growcore.stats.gradmax import (
     gradient_matrix,
     incoming_norms,
     outgoing_norms,
+    singular_directions,
     unit_inputs,
 )
 from growcore.stats.probe import Probe, data_of, loss_of
@@ -67,9 +70,23 @@ class GradMax:
         ``"exact"`` (:func:`gradient_matrix`) or ``"auxiliary"`` (the paper's auxiliary
         kernel, :func:`auxiliary_kernel_matrix`) for Conv2d -> Conv2d sites; where the
         auxiliary kernel does not apply (pooling between the two convolutions, strides),
-        ``"auxiliary"`` uses the exact matrix.
+        ``"auxiliary"`` uses the exact matrix. ``"weight_gradient"``: the exact matrix by a
+        convolution's weight gradient (:func:`weight_gradient_matrix`, faster).
     seed : int
         Seed of the minibatch draws.
+    statistics : str
+        ``"passthrough"`` (default): a new channel is assumed to pass unchanged from producer
+        to consumer (eq. (9) as written; max pooling read as average pooling, a train-mode
+        BatchNorm ignored); ``"virtual"``: differentiated through virtual new units, so that
+        ``G`` is the exact eq. (9)/(20) matrix for the layers in between
+        (:mod:`growcore.stats.gradmax`).
+    solver : str
+        How the top-k left singular vectors of eq. (11) are found
+        (:func:`growcore.stats.gradmax.singular_directions`): ``"svd"`` (default, the full
+        SVD), ``"gram"`` (eigendecomposition of the smaller Gram matrix) or ``"lowrank"``
+        (randomised block Krylov, top ``k`` only). The fast solvers give the SVD's units up
+        to one sign per unit (their largest entry is positive); :attr:`singular_values` then
+        holds the values they find.
     """
 
     kind: ClassVar[str] = "width"
@@ -79,11 +96,16 @@ class GradMax:
     norm: TargetNorm = field(default_factory=TargetNorm)
     conv_matrix: str = "exact"
     seed: int = 0
+    statistics: str = "passthrough"
+    solver: str = "svd"
     singular_values: dict = field(default_factory=dict, init=False, repr=False)  # last sigma
 
     def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.matrices = GradientMatrices(self.batch_size, self.conv_matrix, self.generator)
+        self.matrices = GradientMatrices(self.batch_size, self.conv_matrix, self.generator,
+                                         self.statistics)
 
     def matrix(self, model: nn.Module, site, split: Split, loss: str | None = None,
                probe: Probe | None = None) -> torch.Tensor:
@@ -96,7 +118,7 @@ class GradMax:
         site, k = proposal.site, proposal.amount
         D, o, R = unit_sizes(model, site)
         G = self.matrix(model, site, data_of(stats, self), loss_of(stats, self.loss), stats)
-        U, S, _ = torch.linalg.svd(G, full_matrices=False)
+        U, S = singular_directions(G, k, self.solver)
         self.singular_values[site] = S.detach().cpu()
         c = self.norm(outgoing_norms(model, site))
         if k > len(S):  # G has at most min(o R, D) singular directions: the rest are random
@@ -107,7 +129,18 @@ class GradMax:
     def describe(self) -> dict:
         return {"how": "GradMax", "loss": self.loss, "batch_size": self.batch_size,
                 "scale": self.norm.scale, "value": self.norm.value,
-                "conv_matrix": self.conv_matrix, "seed": self.seed}
+                "conv_matrix": self.conv_matrix, "seed": self.seed,
+                **_changed(self, ("statistics", "solver"))}
+
+
+def _changed(part, names: tuple[str, ...]) -> dict:
+    """The options ``names`` of the dataclass ``part`` that differ from their defaults.
+
+    Options added after records were written are described only when set, so that the
+    records of earlier runs still describe (and rebuild) the same plan.
+    """
+    defaults = {f.name: f.default for f in fields(part)}
+    return {name: getattr(part, name) for name in names if getattr(part, name) != defaults[name]}
 
 
 @dataclass
@@ -122,6 +155,9 @@ class GradMaxOpt:
     optimised to maximise the gradient of the outgoing weights,
     ``||E[dL/dz_{l+1} f(W_l^new h_{l-1})^T]||_F`` (eq. (8)), a non-linear objective with no SVD
     solution; the incoming target norm is relative to the existing incoming norms.
+
+    ``statistics`` (``"passthrough"`` or ``"virtual"``) is :class:`GradMax`'s; the inverse
+    variant's objective is not linear in the new weights and reads the pass-through.
     """
 
     kind: ClassVar[str] = "width"
@@ -134,8 +170,13 @@ class GradMaxOpt:
     inverse: bool = False
     activation: str = "relu"
     seed: int = 0
+    statistics: str = "passthrough"
 
     def __post_init__(self):
+        if self.statistics not in STATISTICS:
+            raise ValueError(f"statistics must be one of {STATISTICS}, got {self.statistics!r}")
+        if self.inverse and self.statistics != "passthrough":
+            raise ValueError("GradMaxOpt(inverse=True) reads statistics='passthrough' only")
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def __call__(self, model: nn.Module, proposal: Proposal, stats: Probe) -> NewUnits:
@@ -143,7 +184,7 @@ class GradMaxOpt:
         D, o, R = unit_sizes(model, site)
         split = data_of(stats, self)
         data = collect(model, [site], split, loss_of(stats, self.loss), self.batch_size,
-                       self.generator)[site]
+                       self.generator, self.statistics)[site]
         if self.inverse:
             return self._inverse(model, site, k, data, D, o, R)
         G = gradient_matrix(model, site, data)
@@ -185,7 +226,7 @@ class GradMaxOpt:
         return {"how": "GradMaxOpt", "loss": self.loss, "batch_size": self.batch_size,
                 "scale": self.norm.scale, "value": self.norm.value, "steps": self.steps,
                 "lr": self.lr, "inverse": self.inverse, "activation": self.activation,
-                "seed": self.seed}
+                "seed": self.seed, **_changed(self, ("statistics",))}
 
 
 @dataclass

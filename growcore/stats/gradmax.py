@@ -9,16 +9,36 @@ For convolutions (Appendix B) ``G`` is the matrix of size
 ``(o_{l+1} h_{l+1} w_{l+1}) x (i_l h_l w_l)`` that maps one new unit's outgoing filters to the
 gradient of its incoming filter. :func:`gradient_matrix` builds it from image patches
 (im2col) of the producer's input, taken again over the consumer's kernel, which is exact at
-padded borders and across strides too; :func:`auxiliary_kernel_matrix` builds it the paper's
-way, from the gradient of an auxiliary kernel of size ``k_l + k_{l+1} - 1`` (exact for
-unpadded convolutions).
+padded borders and across strides too; :func:`weight_gradient_matrix` builds the same matrix
+as the weight gradient of a convolution (no im2col of the patches: faster, equal to float
+rounding); :func:`auxiliary_kernel_matrix` builds it the paper's way, from the gradient of an
+auxiliary kernel of size ``k_l + k_{l+1} - 1`` (exact for unpadded convolutions).
 
-Between producer and consumer the statistic assumes that a new channel passes unchanged:
-exact for the activation with ``f'(0) = 1``, average pooling and BatchNorm in eval mode with
-the new channel's statistics (mean 0, variance 1, up to its epsilon); max pooling is treated
-as average pooling and depthwise convolutions as the identity. A BatchNorm in train mode
-instead centres the new channel's gradient over the batch and scales it by ``1/sqrt(eps)``
-(paper Appendix C), which is why section 4.2 uses small outgoing weights.
+What lies between producer and consumer is read in one of two ways (``statistics``):
+
+* ``"passthrough"`` (the default) assumes that a new channel passes unchanged: exact for the
+  activation with ``f'(0) = 1``, average pooling and BatchNorm in eval mode with the new
+  channel's statistics (mean 0, variance 1, up to its epsilon); max pooling is treated as
+  average pooling and depthwise convolutions as the identity. A BatchNorm in train mode
+  instead centres the new channel's gradient over the batch and scales it by ``1/sqrt(eps)``
+  (paper Appendix C), which is why section 4.2 uses small outgoing weights.
+* ``"virtual"`` differentiates through *virtual new units*: the pass runs on a copy of the
+  model whose producers output ``D`` extra channels of value 0 (a new unit's pre-activation
+  for ``W_l^new = 0``), carried by the true layers in between (BatchNorm in the model's mode
+  with the new channels' parameters, activation, pooling, depthwise filters) and dropped at
+  the consumer. The Jacobian ``J`` of that path at 0, applied to the producer patches ``P``
+  (channel ``d`` of ``J P`` is what the incoming weight ``e_d`` puts at the consumer's input,
+  to first order), replaces the pass-through, so that ``G = E[dL/dz_{l+1} (J P)^T]`` is the
+  exact eq. (9) for any per-channel layers in between, including the tie rule of max pooling
+  at 0 and the batch coupling of BatchNorm in train mode. Exact means: the gradient of the
+  grown network at ``W_l^new = 0``, i.e. its first backward pass. There every new channel is
+  0, so max pooling routes the gradient by its tie rule (PyTorch: the first position of each
+  window) and ``relu1`` by its convention ``f'(0) = 1``; once the first step has made
+  ``W_l^new`` non-zero, both select by the new channel's own values instead.
+
+The top-k left singular vectors of ``G`` (eq. (11)) come from :func:`singular_directions`:
+the full SVD, the eigendecomposition of the smaller Gram matrix, or a randomised block Krylov
+iteration.
 
 Used by the GradMax initialisers (:mod:`growcore.how.width`) and by the where-criterion of the
 largest singular value (:mod:`growcore.where.gradmax`).
@@ -26,6 +46,7 @@ largest singular value (:mod:`growcore.where.gradmax`).
 
 from __future__ import annotations
 
+import copy
 import math
 import weakref
 from collections.abc import Sequence
@@ -38,13 +59,18 @@ from torch import nn
 from growcore.data import Split
 from growcore.losses import LOSSES, as_seed_batch
 from growcore.models.sites import width_sites
-from growcore.ops.widen import unit_sizes, width
+from growcore.ops.widen import _grow_depthwise, _grow_norm, unit_sizes, width
 from growcore.stats.probe import FULL_CHUNK, unchanged_buffers
 
-CONV_MATRICES = ("exact", "auxiliary")
+CONV_MATRICES = ("exact", "auxiliary", "weight_gradient")
+STATISTICS = ("passthrough", "virtual")
+SOLVERS = ("svd", "gram", "lowrank")
 CHUNK = 16  # examples per chunk when contracting convolution patches (memory bound)
-
-
+WEIGHT_GRADIENT_CHUNK = 128  # examples per chunk of weight_gradient_matrix (memory bound)
+LOWRANK_OVERSAMPLING = 8  # random start directions beyond k (block size q = k + 8)
+LOWRANK_DEPTH = 8  # Krylov blocks between convergence checks
+LOWRANK_RESIDUAL = 100  # converged: ||G v_j - s_j u_j|| <= 100 eps s_1 for the top k
+LOWRANK_SEED = 0  # the start is a fixed draw: the solver is a deterministic function of G
 
 
 @dataclass
@@ -54,7 +80,9 @@ class SiteData:
     ``h``: the producer's input; ``dz``: ``[N, o, L]`` gradients of the loss at the consumer's
     outputs (L positions); ``grid``: the producer's output grid ``(H, W)`` (``()`` for a
     Linear producer); ``consumer_grid``: the consumer's input grid; ``weight``: the factor that
-    makes the sum over batches an expectation over the data set (the loss is a batch mean).
+    makes the sum over batches an expectation over the data set (the loss is a batch mean);
+    ``through``: with ``statistics="virtual"``, ``J P`` of the module docstring, ``[N, D,
+    *consumer_grid]`` (``[N, D, spatial]`` for a Linear consumer), else None.
     """
 
     h: torch.Tensor
@@ -62,11 +90,12 @@ class SiteData:
     grid: tuple[int, ...]
     consumer_grid: tuple[int, ...]
     weight: float
+    through: torch.Tensor | None = None
 
 
 def collect(model: nn.Module, sites: Sequence, split: Split, loss: str,
-            batch_size: int | None = None,
-            generator: torch.Generator | None = None) -> dict[object, list[SiteData]]:
+            batch_size: int | None = None, generator: torch.Generator | None = None,
+            statistics: str = "passthrough") -> dict[object, list[SiteData]]:
     """Record the producer inputs and the consumer-output gradients at ``sites``.
 
     ``batch_size=None`` uses the whole training set (in chunks of :data:`FULL_CHUNK`, weighted
@@ -74,7 +103,12 @@ def collect(model: nn.Module, sites: Sequence, split: Split, loss: str,
     that size (the paper's "large minibatch", section 3). The model's parameters get no
     gradients and the model is not changed (BatchNorm running statistics are restored); a
     BatchNorm in train mode normalises with the batch statistics, as in a training step.
+    ``statistics="virtual"`` runs the pass on a copy with virtual new units and also records
+    ``J P`` (:attr:`SiteData.through`, module docstring); the copy's memory per site is ``D``
+    channels on the producer's grid.
     """
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
     n = len(split.y_train)
     if batch_size is None:
         batches = list(split.chunks(FULL_CHUNK))
@@ -83,6 +117,11 @@ def collect(model: nn.Module, sites: Sequence, split: Split, loss: str,
         batches = [(split.X_train[index], split.y_train[index])]
     total = sum(len(y) for _, y in batches)
     data: dict[object, list[SiteData]] = {site: [] for site in sites}
+    if statistics == "virtual":
+        virtual = _virtual_copy(model, sites)
+        for X, y in batches:
+            _collect_virtual_batch(model, virtual, sites, X, y, loss, len(y) / total, data)
+        return data
     with unchanged_buffers(model):
         for X, y in batches:
             _collect_batch(model, sites, X, y, loss, len(y) / total, data)
@@ -107,6 +146,94 @@ def _collect_batch(model, sites, X, y, loss: str, weight: float, data: dict) -> 
         x_consumer = seen[site.consumer][0]
         data[site].append(SiteData(h, dz.detach().reshape(len(X), dz.shape[1], -1),
                                    tuple(z.shape[2:]), tuple(x_consumer.shape[2:]), weight))
+
+
+def _virtual_copy(model: nn.Module, sites: Sequence) -> nn.Module:
+    """A copy of ``model`` whose sites' BatchNorms and depthwise convolutions carry ``D``
+    more channels each, made as :func:`growcore.ops.widen.widen` makes new units' (scale 1,
+    shift 0, running mean 0 and variance 1; identity depthwise filters)."""
+    virtual = copy.deepcopy(model)
+    for site in sites:
+        D = unit_sizes(model, site)[0]
+        layers = [(None, site.norm), *site.depthwise]
+        for conv, norm in layers:
+            if conv is not None:
+                _grow_depthwise(virtual, conv, D)
+            if norm is not None:
+                _grow_norm(virtual, norm, D)
+    return virtual
+
+
+def _virtual_hooks(model: nn.Module, virtual: nn.Module, sites: Sequence, seen: dict) -> list:
+    """Hooks on ``virtual``: each producer appends ``D`` virtual channels of zeros (a leaf,
+    ``seen["leaf", site]``) to its output; each consumer drops them from its input
+    (``seen["virtual", site]``) and reads only the model's channels, so the forward pass and
+    the loss are the model's; ``seen`` also gets producer inputs and consumer outputs."""
+    producers = {site.producer: site for site in sites}
+    consumers = {site.consumer: site for site in sites}
+    if len(consumers) != len(sites):
+        raise ValueError("virtual statistics need one site per consumer")
+
+    def forward(name):
+        def hook(module, args, output):
+            if name in consumers:
+                seen["output", consumers[name]] = output
+            if name not in producers:
+                return None
+            site = producers[name]
+            D = unit_sizes(model, site)[0]
+            leaf = output.new_zeros(len(output), D, *output.shape[2:]).requires_grad_(True)
+            seen["input", site], seen["leaf", site] = args[0].detach(), leaf
+            return torch.cat([output, leaf], dim=1)
+        return hook
+
+    def strip(site):
+        def hook(module, args):
+            x = args[0]
+            keep = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+            seen["virtual", site] = x[:, keep:]
+            return (x[:, :keep], *args[1:])
+        return hook
+
+    handles = [virtual.get_submodule(name).register_forward_hook(forward(name))
+               for name in {**producers, **consumers}]
+    return handles + [virtual.get_submodule(site.consumer).register_forward_pre_hook(strip(site))
+                      for site in sites]
+
+
+def _carry(leaf: torch.Tensor, virtual_input: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """``J P``: the Jacobian at 0 of the path from the virtual channels ``leaf`` to the
+    consumer's ``virtual_input``, applied to the producer patches ``P`` as channels.
+
+    The backward pass gives ``u -> J^T u`` (linear in ``u``); differentiating ``<J^T u, P>``
+    in ``u`` gives ``J P`` with the same derivatives, ties and batch coupling as the
+    backward pass of the grown network (a double backward, not a finite difference).
+    """
+    u = torch.zeros_like(virtual_input, requires_grad=True)
+    (adjoint,) = torch.autograd.grad(virtual_input, leaf, u, create_graph=True)
+    (carried,) = torch.autograd.grad(adjoint, u, P.reshape(leaf.shape))
+    return carried.detach()
+
+
+def _collect_virtual_batch(model, virtual, sites, X, y, loss: str, weight: float,
+                           data: dict) -> None:
+    """One batch's statistics at ``sites`` through virtual new units, appended to ``data``."""
+    seen: dict[tuple, torch.Tensor] = {}
+    hooks = _virtual_hooks(model, virtual, sites, seen)
+    try:
+        value = LOSSES[loss](as_seed_batch(virtual(X)), y).sum()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    grads = torch.autograd.grad(value, [seen["output", site] for site in sites],
+                                retain_graph=True)
+    for site, dz in zip(sites, grads):
+        h, leaf, x = seen["input", site], seen["leaf", site], seen["virtual", site]
+        grid = tuple(leaf.shape[2:])
+        P = _producer_patches(model.get_submodule(site.producer), h, grid)
+        through = _carry(leaf, x, P).reshape(len(X), leaf.shape[1], *(x.shape[2:] or (-1,)))
+        data[site].append(SiteData(h, dz.detach().reshape(len(X), dz.shape[1], -1), grid,
+                                   tuple(x.shape[2:]), weight, through))
 
 
 def _producer_patches(producer: nn.Module, h: torch.Tensor, grid: tuple) -> torch.Tensor:
@@ -148,6 +275,18 @@ def _consumer_patches(P: torch.Tensor, consumer: nn.Module) -> torch.Tensor:
     return P.flatten(1).unsqueeze(-1)  # channel-major flatten, one output "position"
 
 
+def unit_grid(model: nn.Module, site, batch: SiteData, start: int = 0,
+              stop: int | None = None) -> torch.Tensor:
+    """``[N, D, ...]``: what a new unit with incoming weights ``e_d`` puts at the consumer's
+    input (channel ``d``), per example: ``J P`` with virtual statistics, else the producer
+    patches resized to the consumer's grid (the pass-through of the module docstring)."""
+    if batch.through is not None:
+        return batch.through[start:stop]
+    producer, consumer = model.get_submodule(site.producer), model.get_submodule(site.consumer)
+    P = _producer_patches(producer, batch.h[start:stop], batch.grid)
+    return _to_consumer_grid(P, consumer, batch.consumer_grid, site.spatial)
+
+
 def unit_inputs(model: nn.Module, site, batch: SiteData, start: int = 0,
                 stop: int | None = None) -> torch.Tensor:
     """``[N, D * R, L]``: what a new unit's (incoming x outgoing) weights multiply, per example.
@@ -155,10 +294,8 @@ def unit_inputs(model: nn.Module, site, batch: SiteData, start: int = 0,
     Entry ``(d, r), q`` is the producer input ``d`` that reaches consumer output position ``q``
     through the new unit at kernel offset ``r``.
     """
-    producer, consumer = model.get_submodule(site.producer), model.get_submodule(site.consumer)
-    P = _producer_patches(producer, batch.h[start:stop], batch.grid)
-    P = _to_consumer_grid(P, consumer, batch.consumer_grid, site.spatial)
-    return _consumer_patches(P, consumer)
+    consumer = model.get_submodule(site.consumer)
+    return _consumer_patches(unit_grid(model, site, batch, start, stop), consumer)
 
 
 def gradient_matrix(model: nn.Module, site, data: list[SiteData]) -> torch.Tensor:
@@ -176,6 +313,134 @@ def gradient_matrix(model: nn.Module, site, data: list[SiteData]) -> torch.Tenso
             Q = unit_inputs(model, site, batch, start, start + CHUNK)
             G += batch.weight * torch.einsum("noq,nmq->om", batch.dz[start:start + CHUNK], Q)
     return G.view(o, D, R).transpose(1, 2).reshape(o * R, D)
+
+
+def weight_gradient_matrix(model: nn.Module, site, data: list[SiteData]) -> torch.Tensor:
+    """The matrix of :func:`gradient_matrix` for a Conv2d consumer, as a weight gradient.
+
+    ``G[(o, r), d]`` is the gradient, at kernel offset ``r``, of the weight ``(o, d)`` of a
+    convolution with the consumer's kernel, stride, padding and dilation that reads the
+    unit grid (:func:`unit_grid`, ``D`` channels) and has output gradient ``dz``: eq. (20) by
+    the convolution backward kernel instead of patches of patches. Equal to
+    :func:`gradient_matrix` to float rounding, with either ``statistics`` (on CUDA, float32
+    convolutions use TF32 where ``torch.backends.cudnn.allow_tf32`` is on, PyTorch's default:
+    then to about 1e-3).
+    """
+    consumer = model.get_submodule(site.consumer)
+    D, o, R = unit_sizes(model, site)
+    G = 0
+    for batch in data:
+        shape = (o, *_output_grid(consumer, batch.consumer_grid))
+        for start in range(0, len(batch.h), WEIGHT_GRADIENT_CHUNK):
+            stop = start + WEIGHT_GRADIENT_CHUNK
+            dz = batch.dz[start:stop]
+            units = unit_grid(model, site, batch, start, stop)
+            G = G + batch.weight * torch.nn.grad.conv2d_weight(
+                units, (o, D, *consumer.kernel_size), dz.reshape(len(dz), *shape),
+                consumer.stride, consumer.padding, consumer.dilation)
+    return G.reshape(o, D, R).transpose(1, 2).reshape(o * R, D)
+
+
+def _output_grid(conv: nn.Conv2d, grid: tuple[int, int]) -> tuple[int, ...]:
+    """The output grid of ``conv`` on an input ``grid``."""
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+                 zip(grid, conv.kernel_size, conv.stride, conv.padding, conv.dilation))
+
+
+def singular_directions(G: torch.Tensor, k: int, solver: str = "svd"
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors ``U`` (columns, by decreasing singular value) and singular values
+    ``S`` of ``G``; ``U[:, :k]`` solves eq. (11).
+
+    Parameters
+    ----------
+    G : torch.Tensor
+        ``[m, n]``, e.g. the gradient matrix of a site.
+    k : int
+        Directions needed (``"lowrank"`` finds ``k`` + :data:`LOWRANK_OVERSAMPLING`).
+    solver : {"svd", "gram", "lowrank"}
+        ``"svd"``: ``torch.linalg.svd``, all ``min(m, n)`` directions, LAPACK's signs.
+        ``"gram"``: eigendecomposition of the smaller Gram matrix, ``G G^T`` (then ``U`` are
+        its eigenvectors) or ``G^T G`` (eigenvectors ``V``, then ``U = G V / S`` for the
+        singular values above ``sqrt(eps) s_1``, those the Gram matrix resolves).
+        ``"lowrank"``: randomised block Krylov iteration (Musco and Musco 2015): Rayleigh-Ritz
+        on the span of ``(G G^T)^i G Omega``, ``i = 0 ... LOWRANK_DEPTH``, from ``q = k +
+        LOWRANK_OVERSAMPLING`` random directions ``Omega``; only the top ``q`` directions.
+        The space grows by ``LOWRANK_DEPTH`` blocks until the top ``k`` residuals are at
+        float rounding (:data:`LOWRANK_RESIDUAL`) or it holds ``min(m, n)`` columns (then it
+        is exact); its error falls with the depth at a rate set by the square root of the
+        gap ``s_k / s_(q+1) - 1`` (a Chebyshev bound; power iterations: the gap itself), so
+        even the nearly flat spectra of VGG11's sites at initialisation converge (bench).
+        ``"gram"`` and ``"lowrank"`` orient each column so that its entry of largest
+        magnitude is positive: their units equal the SVD's up to one sign per unit (where
+        the singular values are distinct; within a repeated value only the subspace is
+        defined), which leaves ``||G^T W_{l+1}^new||`` of eq. (11) unchanged.
+
+    Returns
+    -------
+    U : torch.Tensor
+        ``[m, r]``, orthonormal columns.
+    S : torch.Tensor
+        ``[r]``, decreasing.
+    """
+    if solver == "svd":
+        U, S, _ = torch.linalg.svd(G, full_matrices=False)
+        return U, S
+    if solver == "gram":
+        return _gram_directions(G)
+    if solver == "lowrank":
+        return _lowrank_directions(G, k)
+    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+
+
+def _gram_directions(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``"gram"`` solver of :func:`singular_directions`."""
+    wide = G.shape[0] <= G.shape[1]
+    eigenvalues, vectors = torch.linalg.eigh(G @ G.T if wide else G.T @ G)
+    S, vectors = eigenvalues.flip(0).clamp_min(0).sqrt(), vectors.flip(1)
+    if wide:
+        return _oriented(vectors), S
+    # below sqrt(eps) s_1 a squared singular value drowns in the Gram matrix's rounding
+    resolved = S > math.sqrt(torch.finfo(G.dtype).eps) * S[0]
+    return _oriented(G @ vectors[:, resolved] / S[resolved]), S[resolved]
+
+
+def _lowrank_directions(G: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``"lowrank"`` solver of :func:`singular_directions`: Rayleigh-Ritz on a block
+    Krylov space of ``G G^T``, each block orthonormalised (QR) before the next product,
+    grown by :data:`LOWRANK_DEPTH` blocks until the top ``k`` Ritz triplets converge
+    (:data:`LOWRANK_RESIDUAL`) or the space holds ``min(m, n)`` columns."""
+    q = min(k + LOWRANK_OVERSAMPLING, *G.shape)
+    generator = torch.Generator().manual_seed(LOWRANK_SEED)
+    start = torch.randn(G.shape[1], q, generator=generator, dtype=G.dtype).to(G.device)
+    blocks = [torch.linalg.qr(G @ start).Q]
+    while True:
+        depth, full = len(blocks) - 1, len(blocks) * q >= min(G.shape)
+        if full or (depth > 0 and depth % LOWRANK_DEPTH == 0):
+            U, S, Vh = _ritz(G, torch.cat(blocks, dim=1), q)
+            if full or _converged(G, U[:, :k], S[:k], Vh[:k]):
+                return _oriented(U), S
+        blocks.append(torch.linalg.qr(G @ (G.T @ blocks[-1])).Q)
+
+
+def _ritz(G: torch.Tensor, space: torch.Tensor, q: int) -> tuple[torch.Tensor, ...]:
+    """The top ``q`` singular triplets of ``G`` projected on the span of ``space``."""
+    basis = torch.linalg.qr(space).Q
+    U, S, Vh = torch.linalg.svd(basis.T @ G, full_matrices=False)
+    return basis @ U[:, :q], S[:q], Vh[:q]
+
+
+def _converged(G: torch.Tensor, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor) -> bool:
+    """Whether every Ritz triplet has ``||G v - s u|| <= LOWRANK_RESIDUAL eps s_1`` (then
+    ``sin`` of its angle to the true direction is at most that over the gap to the next)."""
+    residual = (G @ Vh.T - U * S).norm(dim=0)
+    return bool((residual <= LOWRANK_RESIDUAL * torch.finfo(G.dtype).eps * S[0]).all())
+
+
+def _oriented(U: torch.Tensor) -> torch.Tensor:
+    """``U`` with each column's sign chosen so that its entry of largest magnitude is > 0."""
+    peak = U.gather(0, U.abs().argmax(dim=0, keepdim=True))
+    return U * torch.where(peak < 0, -1.0, 1.0).to(U.dtype)
 
 
 def auxiliary_applies(model: nn.Module, site, data: list[SiteData]) -> bool:
@@ -271,16 +536,29 @@ class GradientMatrices:
     batch_size : int, optional
         None: the statistic over the whole training set; an int: over one random minibatch.
     conv_matrix : str
-        ``"exact"`` (:func:`gradient_matrix`) or ``"auxiliary"`` (the paper's auxiliary
-        kernel, :func:`auxiliary_kernel_matrix`, where it applies) for Conv2d -> Conv2d sites.
+        ``"exact"`` (:func:`gradient_matrix`), ``"auxiliary"`` (the paper's auxiliary
+        kernel, :func:`auxiliary_kernel_matrix`, where it applies) for Conv2d -> Conv2d sites,
+        or ``"weight_gradient"`` (the exact matrix by :func:`weight_gradient_matrix`) for
+        every Conv2d consumer.
     generator : torch.Generator
         Source of the minibatch draws.
+    statistics : str
+        ``"passthrough"`` (default) or ``"virtual"``: what lies between producer and consumer
+        (module docstring, :func:`collect`). The auxiliary kernel assumes the pass-through.
     """
 
-    def __init__(self, batch_size: int | None, conv_matrix: str, generator: torch.Generator):
+    def __init__(self, batch_size: int | None, conv_matrix: str, generator: torch.Generator,
+                 statistics: str = "passthrough"):
         if conv_matrix not in CONV_MATRICES:
             raise ValueError(f"conv_matrix must be one of {CONV_MATRICES}, got {conv_matrix!r}")
+        if statistics not in STATISTICS:
+            raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
+        if conv_matrix == "auxiliary" and statistics == "virtual":
+            raise ValueError("the auxiliary kernel assumes that a new channel passes unchanged "
+                             "(statistics='passthrough'); use conv_matrix='exact' or "
+                             "'weight_gradient' with statistics='virtual'")
         self.batch_size, self.conv_matrix, self.generator = batch_size, conv_matrix, generator
+        self.statistics = statistics
         self._cached: tuple = (lambda: None, None, {})  # (model, versions and loss, data)
 
     def __call__(self, model: nn.Module, site, split: Split, loss: str, probe=None
@@ -292,7 +570,7 @@ class GradientMatrices:
         GradMax's singular value choosing where and GradMax filling the units read one pass.
         """
         if probe is not None:
-            key = ("gradmax statistics", id(model), loss, self.batch_size)
+            key = ("gradmax statistics", id(model), loss, self.batch_size, self.statistics)
             cached = probe.cached(key, lambda: self._collect(model, site, split, loss))
             if site not in cached:
                 cached.update(self._collect(model, site, split, loss))
@@ -306,6 +584,8 @@ class GradientMatrices:
         conv = isinstance(model.get_submodule(site.consumer), nn.Conv2d)
         if conv and self.conv_matrix == "auxiliary" and auxiliary_applies(model, site, data):
             return auxiliary_kernel_matrix(model, site, data)
+        if conv and self.conv_matrix == "weight_gradient":
+            return weight_gradient_matrix(model, site, data)
         return gradient_matrix(model, site, data)
 
     def _collect(self, model: nn.Module, site, split: Split, loss: str) -> dict:
@@ -315,4 +595,5 @@ class GradientMatrices:
         except TypeError:  # a model that lists no sites: this one alone
             sites = []
         sites = sites if site in sites else [site]
-        return collect(model, sites, split, loss, self.batch_size, self.generator)
+        return collect(model, sites, split, loss, self.batch_size, self.generator,
+                       self.statistics)
