@@ -99,6 +99,22 @@ def gradient_norm(model) -> torch.Tensor:
 
 
 STEP_METRICS: dict[str, Callable] = {"grad_norm": gradient_norm}
+
+
+def _nagn_observer(per_epoch: int, layers: str = "activation_input", window: int | None = None):
+    """NAGN's observer (activation-gradient norms of the training batches): at the input of
+    the activation (after BatchNorm) or at the producer's output (before it); ``window``
+    batches (default one epoch)."""
+    from growcore.stats.nagn import NAGNObserver, default_layers, producer_layers
+
+    readings = {"activation_input": default_layers, "producer_output": producer_layers}
+    require(layers in readings, "train.observe.layers",
+            f"must be one of {sorted(readings)}; got {layers!r}")
+    return NAGNObserver(window or per_epoch, readings[layers])
+
+
+# observers by name: what a run reads during its normal backward passes, without a plan
+OBSERVERS: dict[str, Callable] = {"nagn": _nagn_observer}
 TRAIN = {
     "iterations": Spec(int, minimum=1), "epochs": Spec(float, minimum=0),
     "batch_size": Spec(int, minimum=1), "lr": Spec(float, minimum=0),
@@ -108,11 +124,12 @@ TRAIN = {
     "schedule": Spec(str, choices=SCHEDULES), "init_seed": Spec(int, minimum=0),
     "test_in_loop": Spec(bool), "eval_batch_size": Spec(int, minimum=1),
     "log": Spec(str, choices=("iteration", "epoch")),
-    "step_metrics": Spec(list, item=str, choices=tuple(STEP_METRICS))}
+    "step_metrics": Spec(list, item=str, choices=tuple(STEP_METRICS)),
+    "observe": Spec(dict)}
 TRAIN_DEFAULTS = {"batch_size": None, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
                   "loss": "cross_entropy", "schedule": "constant", "init_seed": 0,
                   "test_in_loop": True, "eval_batch_size": 2048, "log": "iteration",
-                  "step_metrics": []}
+                  "step_metrics": [], "observe": {}}
 
 
 # ---------------------------------------------------------------- data
@@ -227,6 +244,9 @@ def validate(config: dict) -> dict:
     for key, value in train_spec.items():
         check(f"train.{key}", value, TRAIN[key])
     require(train_spec["lr"] > 0, "train.lr", f"must be positive; got {train_spec['lr']}")
+    for label, spec in train_spec.get("observe", {}).items():
+        require(isinstance(spec, dict) and spec.get("name") in OBSERVERS, "train.observe",
+                f"{label!r} must be a mapping with a 'name' in {sorted(OBSERVERS)}; got {spec!r}")
     return {**config, "train": {**TRAIN_DEFAULTS, **train_spec}, "plan": config.get("plan")}
 
 
@@ -401,6 +421,7 @@ def _run_group(config: dict, seeds: list[int], split: Split, setup: Setup, devic
         loop_split = shard(loop_split, rank, world)
         model, plan = _distributed(model, plan, device)
     kept: list = []
+    observed = {label: _observer(spec, setup.per_epoch) for label, spec in t["observe"].items()}
     augment = None
     if config["data"].get("augment"):
         from growcore.images import augment_cifar
@@ -411,6 +432,7 @@ def _run_group(config: dict, seeds: list[int], split: Split, setup: Setup, devic
         loss=t["loss"], plan=plan, eval_every=setup.eval_every,
         step_metrics={name: STEP_METRICS[name] for name in t["step_metrics"]},
         lr_schedule=schedule, augment=augment, seed=seeds[0], progress=progress,
+        observers=list(observed.values()),
         before_growth=(lambda m: kept.append(copy.deepcopy(m))) if keep_models else None,
         desc=f"{config['name']} seeds {seeds}")
     if world > 1:
@@ -435,7 +457,16 @@ def _run_group(config: dict, seeds: list[int], split: Split, setup: Setup, devic
             "when": [report()] * n, "growth_time": [growth_time] * n,
             "step_time": [float(np.diff(h["wall_time"]).mean()) if setup.iterations > 1
                           else None] * n,
+            "observed": [{label: o.nagn().tolist() for label, o in observed.items()}] * n,
             "events": _events_of(h["events"], seeds), "models_at_growth": [kept] * n}
+
+
+def _observer(spec: dict, per_epoch: int):
+    options = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        return OBSERVERS[spec["name"]](per_epoch, **options)
+    except TypeError as error:
+        raise ParameterError(f"train.observe {spec['name']!r}: {error}") from error
 
 
 def _events_of(events: list[dict], seeds: list[int]) -> list[dict]:

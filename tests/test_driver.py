@@ -157,3 +157,24 @@ def test_models_by_name_are_the_constructors_models(name, options, direct):
     a, b = named.state_dict(), reference.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [type(m) for m in named.modules()] == [type(m) for m in reference.modules()]
+
+
+def test_observers_by_name_read_nagn_without_a_plan(tmp_path):
+    """``train.observe``: NAGN's profile read over the training batches of a fixed network,
+    one per reading; its length is the number of layers (the output last); a bad name is
+    refused before any compute."""
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g))
+    observe = {"after": {"name": "nagn"}, "before": {"name": "nagn",
+                                                     "layers": "producer_output"}}
+    config = {"name": "observed", "seeds": [0], "data": {"name": "cifar10"},
+              "model": {"name": "vgg", "config": [[4], [6]]},
+              "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "observe": observe}}
+    record = run_experiment(config, split=split, save=False, progress=False, device="cpu")
+    (observed,) = record["metrics"]["observed"]
+    assert set(observed) == {"after", "before"}
+    assert all(len(profile) == 3 and min(profile) > 0 for profile in observed.values())
+    assert observed["after"] != observed["before"]  # BatchNorm rescales the gradients
+    config["train"]["observe"] = {"x": {"name": "nagnn"}}
+    with pytest.raises(ParameterError, match="train.observe"):
+        run_experiment(config, split=split, save=False, progress=False, device="cpu")

@@ -386,3 +386,27 @@ def test_show_table_declines_a_table_outside_the_preset(capsys):
     p = {"tables": [5, 6], "regimes": ["a"]}
     assert fragrow.show_table(9, "Table 9", {}, p) is None
     assert capsys.readouterr().out == "Table 9 is not part of the preset's tables [5, 6]\n"
+
+
+def test_extra_plans_by_registry_names_run_beside_the_tables():
+    """``extra_plans``: roles by registry names over FRAGrow's own plan; a when-policy that
+    takes FRAGrow's number of growths gets it; an unknown name stops before compute."""
+    import pytest
+
+    from growcore.chapters import fragrow
+    from growcore.params import ParameterError
+    from growcore.runner import notebook_parameters
+
+    raw = notebook_parameters("fragrow", "smoke")
+    p = fragrow.validate({**raw, "extra_plans": {
+        "random stage": {"where": "random_depth"},
+        "window": {"when": {"name": "convergent", "patience": 2}}}})
+    runs = fragrow.experiments(p)
+    stage = runs["resnet overfitting random stage s0"]["plan"]
+    assert stage["where"] == {"name": "random_depth"}
+    assert stage["when"]["name"] == "fragrow" and stage["how"]["name"] == "block_copy"
+    window = runs["resnet overfitting window s0"]["plan"]["when"]
+    assert window["name"] == "convergent" and window["n_blocks"] == stage["when"]["n_blocks"]
+    assert "resnet overfitting large s0" in runs
+    with pytest.raises(ParameterError, match=r"extra_plans.*random_depth"):
+        fragrow.validate({**raw, "extra_plans": {"x": {"where": "randomm"}}})

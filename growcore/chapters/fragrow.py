@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from growcore import papers
 from growcore.images import IMAGENET_MEAN, IMAGENET_STD
-from growcore.params import Spec, require
+from growcore.params import ParameterError, Spec, require
 from growcore.params import validate as validate_all
 from growcore.paths import dataset_dir, missing_dataset_message
+from growcore.plan import PlanError
+from growcore.registry import build_plan
+from growcore.registry import entry as entry_of
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES
 from growcore.when import average_training_epochs
@@ -62,6 +65,7 @@ PARAMETERS = {
     "lipgrow_tolerance": Spec(float, minimum=1),
     "moment_decay": Spec(float, minimum=0, maximum=0.999),
     "tables": Spec(list, item=int, choices=TABLES, min_length=1),
+    "extra_plans": Spec(dict),
     "n_seeds": Spec(int, minimum=1),
     "device": Spec(str, choices=DEVICES),
     "threads": Spec(int, minimum=1),
@@ -93,7 +97,26 @@ def validate(namespace: dict) -> dict:
     if p["dataset"] != "cifar10":
         missing = missing_dataset_message(p["dataset"], p["data_root"])
         require(missing is None, "data_root", missing or "")
+    _check_extra_plans(p)
     return p
+
+
+def _check_extra_plans(p: dict) -> None:
+    """Every plan of ``extra_plans`` builds from the registry and fits the seed network."""
+    for label_, entry in p["extra_plans"].items():
+        require(isinstance(entry, dict) and label_ not in (*GROWING, "small", "large"),
+                "extra_plans", f"entry {label_!r}: a new label mapping plan roles to "
+                f"registry names; got {entry!r}")
+        try:
+            from growcore.driver import validate as validate_config
+
+            for regime in range(len(p["regimes"])):
+                validate_config(config(p, regime, label_, 0))
+                build_plan(extra_plan(p, regime, label_), {"iterations_per_epoch": 1,
+                                                           "total_epochs": 2})
+        except PlanError as error:
+            raise ParameterError(f"parameter 'extra_plans', entry {label_!r}: {error}"
+                                 ) from error
 
 
 MODEL_NAMES = {"resnet": "resnet", "vgg": "vgg_staged", "mobilenetv2": "mobilenet_v2"}
@@ -143,10 +166,26 @@ def _method_parts(p: dict, method: str) -> tuple[str, float, str, dict]:
     return policy, alpha, order, how
 
 
+def extra_plan(p: dict, regime: int, label_: str) -> dict:
+    """The plan of an ``extra_plans`` entry: its roles (registry names) over FRAGrow's own
+    plan; a when-policy that takes them gets FRAGrow's number of growths and E_F_min."""
+    base = plan_section(p, regime, "FRAGrow")
+    entry = {role: {"name": v} if isinstance(v, str) else dict(v)
+             for role, v in p["extra_plans"][label_].items()}
+    plan = {**base, **entry}
+    if "when" in entry and isinstance(entry["when"].get("name"), str):
+        accepted = entry_of("when", entry["when"]["name"]).options
+        shared = {k: base["when"][k] for k in ("n_blocks", "finetune_min") if k in accepted}
+        plan["when"] = {**shared, **entry["when"]}
+    return plan
+
+
 def plan_section(p: dict, regime: int, method: str) -> dict | None:
     """The driver's ``plan`` of a growing method by registry names (None for ``small`` and
     ``large``): when-policy with ``n_blocks`` and ``E_F_min`` (the driver adds the iterations
     per epoch and ``E_T``), blocks in stage order, copied (or moment-averaged) blocks."""
+    if method in p.get("extra_plans", {}):
+        return extra_plan(p, regime, method)
     policy, alpha, order, how = _method_parts(p, method)
     if policy in ("small", "large"):
         return None
@@ -199,8 +238,10 @@ def methods(tables: list[int], alphas: list[float]) -> list[str]:
 
 def experiments(p: dict) -> dict[str, dict]:
     """All runs of the chapter, name -> driver configuration (one seed each)."""
+    extra = [*(["FRAGrow", "large"] if p["extra_plans"] else []), *p["extra_plans"]]
     runs = [config(p, r, method, seed) for r in range(len(p["regimes"]))
-            for method in methods(p["tables"], p["alphas"]) for seed in range(p["n_seeds"])]
+            for method in dict.fromkeys([*methods(p["tables"], p["alphas"]), *extra])
+            for seed in range(p["n_seeds"])]
     return {run["name"]: run for run in runs}
 
 
@@ -225,22 +266,24 @@ PAPER = PAPER_NUMBERS["tables"]
 PAPER_DATA = PAPER_NUMBERS["data"]
 # Time is normalised to the large (target) network in Table 5, to FRAGrow elsewhere.
 # The run each table's times are normalised to (100 % in the paper's column)
+EXTRA = 0  # the "table" of the parameter extra_plans: FRAGrow's own plan, the others, large
 TIME_REFERENCE = {1: "large", 5: "large", 6: "FRAGrow", 8: "FRAGrow", 9: "FRAGrow circulating",
-                  10: "FRAGrow moment"}
+                  10: "FRAGrow moment", EXTRA: "FRAGrow"}
 
 
 def table(number: int, records: dict[str, dict], p: dict, regime: str) -> list[dict]:
     """Rows of the slides' table ``number`` for one regime: our mean over seeds beside the
     paper's value (None where the paper has none). Time is the wall time, and cost the
     training FLOPs, in % of the reference run (Table 1: our training error instead)."""
-    runs = methods([number], p["alphas"])
+    runs = (["FRAGrow", *p["extra_plans"], "large"] if number == EXTRA
+             else methods([number], p["alphas"]))
     if number == 8:
         runs = sorted(runs, key=lambda m: float(m.split("=")[1]) if "=" in m else p["alpha"])
     ours = {m: [r for r in records.values()  # a run's name: its label and " s<seed>"
                 if r["name"].rsplit(" s", 1)[0] == label(p, regime, m)] for m in runs}
     reference = _mean_of(ours.get(TIME_REFERENCE[number]) or [], "time")
     ref_cost = _mean_of(ours.get(TIME_REFERENCE[number]) or [], "cost")
-    paper = PAPER[number].get(p["architecture"], {}).get(PAPER_DATA.get(regime, regime), {})
+    paper = PAPER.get(number, {}).get(p["architecture"], {}).get(PAPER_DATA.get(regime, regime), {})
     rows = []
     for method in runs:
         found, theirs = ours[method], paper.get(method, (None, None))
@@ -322,8 +365,9 @@ def show_table(number: int, title: str, records: dict[str, dict], p: dict):
     """
     import pandas as pd  # only the notebook's tables need pandas, not the runs
 
-    if number not in p["tables"]:
-        print(f"Table {number} is not part of the preset's tables {p['tables']}")
+    if number not in p["tables"] and not (number == EXTRA and p["extra_plans"]):
+        print(f"Table {number} is not part of the preset's tables {p['tables']}"
+              if number != EXTRA else "No extra_plans were given")
         return None
     frames = {regime: pd.DataFrame(table(number, records, p, regime))
               for regime in p["regimes"]}

@@ -5,29 +5,23 @@ max-pooling after each of three blocks, a dense classifier), AdamW with cosine d
 validation-window trigger, NAGN increments, the eq. (1) initialiser, and the static baseline
 (the grown run's final widths trained from scratch under identical conditions).
 
-The CIFAR-10 runs are configurations of :mod:`growcore.driver` (:func:`experiments`,
-:func:`static_baseline`), read back from its records by the summaries below. The bottleneck
-check (:func:`bottleneck_profiles`) trains with :func:`growcore.train.train` directly: it
-reads NAGN observers attached without a plan, which a driver configuration cannot express.
+Every run is a configuration of :mod:`growcore.driver` (:func:`experiments`,
+:func:`static_baseline`, and the bottleneck check :func:`bottleneck_check`, which reads NAGN
+observers without a plan through the driver's ``train.observe``), read back from its records
+by the summaries below.
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
-import torch
 
-from growcore import papers, registry, results
-from growcore.images import augment_cifar
-from growcore.models.factory import build_named
+from growcore import papers, registry
 from growcore.params import Spec, require
 from growcore.params import validate as validate_all
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES
-from growcore.stats import NAGNObserver, default_layers, producer_layers
-from growcore.train import train
 
 PRESETS = ("smoke", "cpu", "gpu")
 PAPER_NUMBERS = papers.load("nagn")  # growcore/papers/nagn.yml
@@ -202,40 +196,28 @@ def accuracy_curves(record: dict) -> tuple[np.ndarray, np.ndarray]:
     return epochs, np.array([[1 - e["test_error"] for e in seed] for seed in evals])
 
 
-def bottleneck_profiles(p: dict, split, device: str = "cpu", progress: bool = True,
-                        directory=None) -> dict:
-    """The explicit-bottleneck sanity check (section 3): the Fig. 1 net trained without
-    growth for ``bottleneck_epochs``, with NAGN read at the activation input (after
-    BatchNorm, our default) and at the convolution output (before BatchNorm), per seed.
+READINGS = {"after BatchNorm": "activation_input", "before BatchNorm": "producer_output"}
 
-    Returns (and saves) a record whose ``profiles[reading]`` is [S, L] and ``widths`` the
-    layer widths, the output layer last.
-    """
-    widths = p["fig1_widths"]
-    readings = {"after BatchNorm": default_layers, "before BatchNorm": producer_layers}
-    profiles: dict[str, list] = {name: [] for name in readings}
-    per_epoch = math.ceil(p["n_train"] / p["batch_size"])
-    start = time.perf_counter()
-    for seed in range(p["fig1_seeds"]):
-        torch.manual_seed(seed)
-        model = build_named("vgg", (3, 32, 32), 10, config=widths, head="flatten").to(device)
-        observers = {name: NAGNObserver(per_epoch, layers) for name, layers in readings.items()}
-        train(model, split, iterations=p["bottleneck_epochs"] * per_epoch, lr=p["lr"],
-              optimizer="adamw", weight_decay=p["weight_decay"], batch_size=p["batch_size"],
-              augment=augment_cifar if p["augment"] else None,
-              observers=list(observers.values()), eval_every=per_epoch, seed=seed,
-              progress=progress, desc=f"bottleneck s{seed}")
-        for name, observer in observers.items():
-            profiles[name].append(observer.nagn().tolist())
-    layer_widths = [n for block in widths for n in block] + [10]
-    config = {"widths": widths, "epochs": p["bottleneck_epochs"],
-              "seeds": list(range(p["fig1_seeds"])), "n_train": p["n_train"],
-              "batch_size": p["batch_size"], "lr": p["lr"]}
-    record = results.make_record("bottleneck", config, preset=p["preset"],
-                                 seeds=config["seeds"], device=device,
-                                 wall_time_s=time.perf_counter() - start,
-                                 widths=layer_widths, profiles=profiles)
-    return results.store(record, directory)
+
+def bottleneck_check(p: dict) -> dict:
+    """The driver configuration of the explicit-bottleneck sanity check (section 3): the
+    Fig. 1 net trained without growth for ``bottleneck_epochs`` (AdamW, constant rate), with
+    NAGN read over the last epoch's batches at the activation input (after BatchNorm, our
+    default) and at the convolution output (before BatchNorm), per seed (see
+    :func:`profiles`)."""
+    config = experiment(p, "bottleneck", p["fig1_widths"], range(p["fig1_seeds"]))
+    run = {**config["train"], "epochs": p["bottleneck_epochs"], "schedule": "constant",
+           "evals_per_epoch": 1, "observe": {label: {"name": "nagn", "layers": layers}
+                                             for label, layers in READINGS.items()}}
+    return {**config, "train": run, "plan": None}
+
+
+def profiles(record: dict) -> tuple[dict[str, list], list[int]]:
+    """The bottleneck check's NAGN profiles, ``reading -> [S][L]``, and the layer widths
+    (the output layer last) of a record of :func:`bottleneck_check`."""
+    observed, spec = record["metrics"]["observed"], record["metrics"]["final_model"][0]
+    widths = [n for block in spec["config"] for n in block] + [spec["num_classes"]]
+    return {reading: [seed[reading] for seed in observed] for reading in READINGS}, widths
 
 
 def bottlenecks(widths: list[int]) -> list[int]:
