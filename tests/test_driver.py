@@ -176,5 +176,5 @@ def test_observers_by_name_read_nagn_without_a_plan(tmp_path):
     assert all(len(profile) == 3 and min(profile) > 0 for profile in observed.values())
     assert observed["after"] != observed["before"]  # BatchNorm rescales the gradients
     config["train"]["observe"] = {"x": {"name": "nagnn"}}
-    with pytest.raises(ParameterError, match="train.observe"):
+    with pytest.raises(ParameterError, match=r"train\.observe"):
         run_experiment(config, split=split, save=False, progress=False, device="cpu")
