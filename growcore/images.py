@@ -17,15 +17,26 @@ from the offline JPEG archive (argument ``archive`` or ``$GROWCORE_CIFAR10_ARCHI
 ``download=True``, from torchvision's download of the original binary release. The JPEG copy
 went through lossy compression: its pixels differ slightly from the original release, so
 accuracies are comparable with published CIFAR-10 numbers but not bit-identical.
+
+Data are checked, and errors name the file. The cache carries what it was made from (the
+archive's size and SHA-256, the images per split and class, shapes and dtypes) and is verified
+whenever it is loaded: a cache that is truncated, of another layout, or made from another
+archive than the one at hand is rebuilt from that archive, or refused with the fix where there
+is none. An archive that is truncated, holds an unreadable image, or lacks images of a class
+(a partial copy) is refused and never cached.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
 import tempfile
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +61,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHIVE_ENV = "GROWCORE_CIFAR10_ARCHIVE"
 JPEG_CACHE = "cifar10-jpeg.npz"
 _CIFAR10_SIZES = (50_000, 10_000)  # train, test
+_CIFAR100_SIZES = (50_000, 10_000)  # the python release
+# Images per class of each part of CIFAR-10: an archive or cache with other counts is partial.
+# None checks nothing (the tests' tiny archives).
+CIFAR10_PER_CLASS: dict[str, int] | None = {"train": 5_000, "test": 1_000}
+CIFAR10_IMAGE = (3, 32, 32)
+CACHE_FORMAT = 1  # version of the cache's layout and of its "meta" entry
+_ARRAYS = ("X_train", "y_train", "X_test", "y_test")
 
 
 class DataNotFoundError(FileNotFoundError):
     """A data set is neither cached, nor at the given location, nor allowed to download."""
+
+
+class DataError(ValueError):
+    """A data file that is truncated, unreadable, or not what it should hold; the message
+    names the file."""
 
 
 @dataclass(frozen=True)
@@ -163,14 +186,18 @@ def augment_cifar(X: torch.Tensor, generator: torch.Generator | None = None,
 # Subsetting
 
 
-def _check_sizes(n_available: int, n_train: int | None, n_val: int, what: str) -> None:
-    if n_val < 0 or (n_train is not None and n_train < 1):
-        raise ValueError(f"{what}: need n_train >= 1 (or None) and n_val >= 0, "
-                         f"got n_train={n_train}, n_val={n_val}")
+def _check_sizes(n_available: int, n_train: int | None, n_val: int, what: str,
+                 n_test: int | None = None, n_test_available: int | None = None) -> None:
+    if n_val < 0 or (n_train is not None and n_train < 1) or (n_test is not None and n_test < 1):
+        raise ValueError(f"{what}: need n_train >= 1 (or None), n_val >= 0 and n_test >= 1 "
+                         f"(or None), got n_train={n_train}, n_val={n_val}, n_test={n_test}")
     wanted = n_val + (n_train or 1)
     if wanted > n_available:
         raise ValueError(f"{what}: n_train + n_val = {wanted} exceeds the {n_available} "
                          "training images")
+    if n_test is not None and n_test_available is not None and n_test > n_test_available:
+        raise ValueError(f"{what}: n_test = {n_test} exceeds the {n_test_available} test "
+                         "images (None: all of them)")
 
 
 def subset_indices(n_train_available: int, n_test_available: int, n_train: int | None,
@@ -181,12 +208,12 @@ def subset_indices(n_train_available: int, n_test_available: int, n_train: int |
     then ``train`` (the next ``n_train``, or all the rest); ``test`` is a seeded subset of
     ``n_test`` test indices, or all of them.
     """
-    _check_sizes(n_train_available, n_train, n_val, "subset")
+    _check_sizes(n_train_available, n_train, n_val, "subset", n_test, n_test_available)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_train_available)
     val = order[:n_val]
     train = order[n_val:] if n_train is None else order[n_val:n_val + n_train]
-    if n_test is None or n_test >= n_test_available:
+    if n_test is None or n_test == n_test_available:
         test = np.arange(n_test_available)
     else:
         test = rng.permutation(n_test_available)[:n_test]
@@ -228,17 +255,115 @@ def _save_npz(path: Path, **arrays) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def archive_identity(archive: str | Path) -> dict:
+    """What a cache records of the archive it was decoded from: name, size, SHA-256."""
+    digest = hashlib.sha256()
+    with open(archive, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"name": Path(archive).name, "size": Path(archive).stat().st_size,
+            "sha256": digest.hexdigest()}
+
+
+def _same_archive(a: dict, b: dict) -> bool:
+    return a.get("size") == b.get("size") and a.get("sha256") == b.get("sha256")
+
+
+def _describe_arrays(arrays: dict[str, np.ndarray], classes) -> dict:
+    """Counts per split and class, shapes and dtypes of decoded CIFAR-10 arrays."""
+    return {"counts": {part: np.bincount(arrays[f"y_{part}"], minlength=len(classes)).tolist()
+                       for part in ("train", "test")},
+            "shapes": {key: list(arrays[key].shape) for key in _ARRAYS},
+            "dtypes": {key: str(arrays[key].dtype) for key in _ARRAYS},
+            "classes": list(classes)}
+
+
+def verify_cifar10(arrays: dict[str, np.ndarray], where, classes=CIFAR10_CLASSES,
+                   meta: dict | None = None) -> None:
+    """Raise DataError naming ``where`` unless ``arrays`` are CIFAR-10 as this module makes
+    them: uint8 images ``[N, 3, 32, 32]``, int64 labels of the classes, every class with
+    :data:`CIFAR10_PER_CLASS` images per part, and (for a cache) what its ``meta`` says."""
+    for part in ("train", "test"):
+        X, y = arrays[f"X_{part}"], arrays[f"y_{part}"]
+        if X.dtype != np.uint8 or X.ndim != 4 or tuple(X.shape[1:]) != CIFAR10_IMAGE:
+            raise DataError(f"{where}: X_{part} is {X.dtype} {list(X.shape)}, not uint8 images "
+                            f"[N, {', '.join(map(str, CIFAR10_IMAGE))}]")
+        if y.dtype != np.int64 or y.shape != (len(X),):
+            raise DataError(f"{where}: y_{part} is {y.dtype} {list(y.shape)}, not {len(X)} "
+                            "int64 labels")
+        if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+            raise DataError(f"{where}: y_{part} holds labels outside 0..{len(classes) - 1}")
+        counts = np.bincount(y, minlength=len(classes)).tolist()
+        expected = CIFAR10_PER_CLASS and CIFAR10_PER_CLASS[part]
+        if expected and counts != [expected] * len(classes):
+            short = {classes[k]: n for k, n in enumerate(counts) if n != expected}
+            raise DataError(f"{where}: a partial copy of CIFAR-10: {part} images per class "
+                            f"{short}, but CIFAR-10 has {expected} of each class")
+        if not len(y):
+            raise DataError(f"{where}: no {part} images")
+    if meta is not None:
+        found = _describe_arrays(arrays, classes)
+        wrong = [key for key in found if meta.get(key) != found[key]]
+        if wrong:
+            raise DataError(f"{where}: its {', '.join(wrong)} differ from what its meta "
+                            "entry says it was made with")
+
+
+def _cache_meta(arrays: dict[str, np.ndarray], archive_id: dict, classes) -> np.ndarray:
+    meta = {"format": CACHE_FORMAT, "archive": archive_id, **_describe_arrays(arrays, classes)}
+    return np.array(json.dumps(meta))
+
+
+def _read_meta(stored, cache: Path) -> dict:
+    if "meta" not in stored.files:
+        raise DataError(f"{cache}: has no meta entry (written by an older growcore or "
+                        "another program): its source cannot be checked")
+    meta = json.loads(str(stored["meta"]))
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+        raise DataError(f"{cache}: cache format {meta.get('format')!r}, not {CACHE_FORMAT}")
+    origin = meta.get("archive")
+    if not isinstance(origin, dict) or not {"name", "size", "sha256"} <= set(origin):
+        raise DataError(f"{cache}: its meta entry does not say which archive it was made from")
+    return meta
+
+
+def read_cache(cache: str | Path, arrays: bool = True) -> tuple[dict, dict]:
+    """The arrays (unless ``arrays`` is False) and the ``meta`` of a decoded CIFAR-10 cache,
+    verified (:func:`verify_cifar10`); DataError naming the file for any fault (truncated,
+    unreadable, missing entries, contents that differ from its meta)."""
+    cache = Path(cache)
+    try:
+        with open(cache, "rb") as file, np.load(file, allow_pickle=False) as stored:
+            meta = _read_meta(stored, cache)
+            missing = [key for key in _ARRAYS if key not in stored.files]
+            if missing:
+                raise DataError(f"{cache}: no {', '.join(missing)}")
+            loaded = {key: stored[key] for key in _ARRAYS} if arrays else {}
+    except DataError:
+        raise
+    except Exception as error:  # a truncated or foreign file fails in many ways
+        raise DataError(f"{cache}: unreadable or truncated ({type(error).__name__}: "
+                        f"{error})") from error
+    if arrays:
+        verify_cifar10(loaded, cache, tuple(meta.get("classes", CIFAR10_CLASSES)), meta)
+    return loaded, meta
+
+
 def decode_jpeg_archive(archive: str | Path, classes=CIFAR10_CLASSES) -> dict[str, np.ndarray]:
     """Decode a ``<top>/{train,test}/<class>/<name>.jpg`` tar.gz archive into uint8 arrays.
 
     Images are ordered by (class, file name) within each part, so the arrays do not depend on
-    the order of the archive's members.
+    the order of the archive's members. A truncated archive, an unreadable image, an image
+    that is not 32x32, or a class with fewer images than CIFAR-10 has raise DataError naming
+    the archive (and the member).
 
     Returns
     -------
@@ -248,24 +373,38 @@ def decode_jpeg_archive(archive: str | Path, classes=CIFAR10_CLASSES) -> dict[st
 
     label = {name: k for k, name in enumerate(classes)}
     found: dict[str, list] = {"train": [], "test": []}
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar:
-            parts = Path(member.name).parts
-            if not member.isfile() or len(parts) < 3 or not parts[-1].lower().endswith(".jpg"):
-                continue
-            part, class_name = parts[-3], parts[-2]
-            if part not in found or class_name not in label:
-                continue
-            with Image.open(io.BytesIO(tar.extractfile(member).read())) as image:
-                pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-            found[part].append((label[class_name], parts[-1], pixels))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if (not member.isfile() or len(parts) < 3
+                        or not parts[-1].lower().endswith(".jpg")):
+                    continue
+                part, class_name = parts[-3], parts[-2]
+                if part not in found or class_name not in label:
+                    continue
+                data = tar.extractfile(member).read()
+                try:
+                    with Image.open(io.BytesIO(data)) as image:
+                        pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+                except (OSError, ValueError) as error:  # UnidentifiedImageError, truncated
+                    raise DataError(f"{archive}: member {member.name} is not a readable "
+                                    f"image ({error})") from error
+                if pixels.shape != (*CIFAR10_IMAGE[1:], CIFAR10_IMAGE[0]):
+                    raise DataError(f"{archive}: member {member.name} is "
+                                    f"{pixels.shape[1]}x{pixels.shape[0]}, not 32x32")
+                found[part].append((label[class_name], parts[-1], pixels))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        raise DataError(f"{archive}: not a complete tar.gz archive ({type(error).__name__}: "
+                        f"{error}); fetch it again") from error
     arrays = {}
     for part, items in found.items():
         if not items:
-            raise ValueError(f"{archive}: no images under <top>/{part}/<class>/*.jpg")
+            raise DataError(f"{archive}: no images under <top>/{part}/<class>/*.jpg")
         items.sort(key=lambda item: item[:2])
         arrays[f"X_{part}"] = np.stack([p for *_, p in items]).transpose(0, 3, 1, 2).copy()
         arrays[f"y_{part}"] = np.array([k for k, *_ in items], dtype=np.int64)
+    verify_cifar10(arrays, archive, classes)
     return arrays
 
 
@@ -287,30 +426,81 @@ def _missing_cifar10(cache: Path, archive: Path) -> DataNotFoundError:
         "(needs internet).")
 
 
+def _cifar10_paths(root, archive) -> tuple[Path, Path]:
+    root = Path(root) if root is not None else data_dir() / "cifar10"
+    return root / JPEG_CACHE, Path(archive) if archive is not None else default_archive()
+
+
+JPEG_CAVEAT = "JPEG-compressed copy of CIFAR-10 (pixels differ slightly from the original)"
+
+
 def load_cifar10_arrays(root: str | Path | None = None, archive: str | Path | None = None,
                         download: bool = False) -> tuple[dict[str, np.ndarray], str]:
     """All 60,000 CIFAR-10 images as uint8 arrays, and a sentence saying where they came from.
 
     Looks for the cache, then the archive (decoding it and writing the cache, atomically),
     then downloads with torchvision if ``download``; otherwise raises
-    :class:`DataNotFoundError` before any work.
+    :class:`DataNotFoundError` before any work. The cache is used only if it verifies
+    (:func:`read_cache`) and, where the archive is at hand, was made from that archive;
+    otherwise it is rebuilt from the archive, or, with no archive, refused (DataError naming
+    the cache and the fix).
     """
-    root = Path(root) if root is not None else data_dir() / "cifar10"
-    archive = Path(archive) if archive is not None else default_archive()
-    cache = root / JPEG_CACHE
-    jpeg_caveat = "JPEG-compressed copy of CIFAR-10 (pixels differ slightly from the original)"
+    cache, archive = _cifar10_paths(root, archive)
+    identity = archive_identity(archive) if archive.is_file() else None
     if cache.exists():
-        with np.load(cache) as stored:
-            return {key: stored[key] for key in stored.files}, f"{jpeg_caveat}, cache {cache}"
-    if archive.exists():
+        try:
+            arrays, meta = read_cache(cache)
+            if identity is None or _same_archive(meta["archive"], identity):
+                origin = meta["archive"]
+                checked = "" if identity else f"; archive {archive} absent, not compared"
+                return arrays, (f"{JPEG_CAVEAT}, cache {cache} of {origin['name']} (sha256 "
+                                f"{origin['sha256'][:12]}){checked}")
+            reason = (f"{cache} was made from another archive (sha256 "
+                      f"{meta['archive']['sha256'][:12]}) than {archive} (sha256 "
+                      f"{identity['sha256'][:12]})")
+        except DataError as error:
+            if identity is None:
+                raise DataError(f"{error}. Fix: delete {cache} and give the archive "
+                                f"(archive=..., the cifar10_archive parameter or "
+                                f"${ARCHIVE_ENV}) to rebuild it") from error
+            reason = str(error)
+        warnings.warn(f"rebuilding the CIFAR-10 cache from {archive}: {reason}", stacklevel=2)
+    if identity is not None:
         arrays = decode_jpeg_archive(archive)
-        _save_npz(cache, **arrays)
-        return arrays, f"{jpeg_caveat}, decoded from {archive}"
+        _save_npz(cache, meta=_cache_meta(arrays, identity, CIFAR10_CLASSES), **arrays)
+        return arrays, (f"{JPEG_CAVEAT}, decoded from {archive} (sha256 "
+                        f"{identity['sha256'][:12]})")
     if download:
         import torchvision
 
-        arrays = _torchvision_cifar(torchvision.datasets.CIFAR10, root)
-        return arrays, f"original CIFAR-10 binary release via torchvision in {root}"
+        arrays = _torchvision_cifar(torchvision.datasets.CIFAR10, cache.parent)
+        return arrays, f"original CIFAR-10 binary release via torchvision in {cache.parent}"
+    raise _missing_cifar10(cache, archive)
+
+
+def cifar10_sizes(root: str | Path | None = None,
+                  archive: str | Path | None = None) -> tuple[int, int]:
+    """(training images, test images) that :func:`load_cifar10_arrays` would give, known
+    without decoding: from the cache's meta when the cache holds the archive at hand, else
+    CIFAR-10's own (the archive is checked against them when decoded). DataNotFoundError if
+    neither the cache nor the archive is there, or if ``archive`` is given and is no file."""
+    explicit = archive is not None
+    cache, archive = _cifar10_paths(root, archive)
+    if explicit and not archive.is_file():
+        raise DataNotFoundError(f"no CIFAR-10 archive at {archive} (not a file)")
+    if cache.exists():
+        try:
+            _, meta = read_cache(cache, arrays=False)
+            if not archive.is_file() or _same_archive(meta["archive"], archive_identity(archive)):
+                return tuple(sum(meta["counts"][part]) for part in ("train", "test"))
+        except DataError as error:
+            if not archive.is_file():
+                raise DataError(f"{error}. Fix: delete {cache} and give the archive "
+                                f"(the cifar10_archive parameter or ${ARCHIVE_ENV}) to "
+                                "rebuild it") from error
+        return _CIFAR10_SIZES  # rebuilt from the archive when loaded
+    if archive.is_file():
+        return _CIFAR10_SIZES
     raise _missing_cifar10(cache, archive)
 
 
@@ -335,7 +525,7 @@ def cifar10(root: str | Path | None = None, archive: str | Path | None = None,
     download : bool
         Allow torchvision to download the original release when nothing is found locally.
     """
-    _check_sizes(_CIFAR10_SIZES[0], n_train, n_val, "cifar10")
+    _check_sizes(_CIFAR10_SIZES[0], n_train, n_val, "cifar10", n_test, _CIFAR10_SIZES[1])
     arrays, source = load_cifar10_arrays(root, archive, download)
     index = subset_indices(len(arrays["y_train"]), len(arrays["y_test"]), n_train, n_val,
                            n_test, seed)
@@ -346,11 +536,43 @@ def cifar10(root: str | Path | None = None, archive: str | Path | None = None,
 # CIFAR-100 and ImageFolder
 
 
+CIFAR100_PARTS = ("train", "test", "meta")
+
+
+def _read_pickle(path: Path, keys: tuple[str, ...]) -> dict:
+    """A pickle of the CIFAR-100 python release holding ``keys``; DataError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, AttributeError,
+            ImportError, IndexError) as error:
+        raise DataError(f"{path}: unreadable or truncated ({type(error).__name__}: {error}); "
+                        "fetch the CIFAR-100 python release again") from error
+    missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
+    if missing:
+        raise DataError(f"{path}: no {', '.join(missing)} (not the CIFAR-100 python release)")
+    return entry
+
+
 def _read_cifar100_part(folder: Path, part: str, label_key: str):
-    with open(folder / part, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
-    X = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return X, np.asarray(entry[label_key], dtype=np.int64)
+    path = folder / part
+    entry = _read_pickle(path, ("data", label_key))
+    data = np.asarray(entry["data"], dtype=np.uint8)
+    labels = np.asarray(entry[label_key], dtype=np.int64)
+    if data.size % 3072 or data.size // 3072 != len(labels) or not len(labels):
+        raise DataError(f"{path}: {data.size} bytes of images for {len(labels)} labels; each "
+                        "image is 3072 bytes (3 x 32 x 32)")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _check_cifar100_folder(folder: Path) -> None:
+    empty = [part for part in CIFAR100_PARTS
+             if not (folder / part).is_file() or not (folder / part).stat().st_size]
+    if empty:
+        raise DataNotFoundError(
+            f"CIFAR-100 not found in {folder}: no (or empty) {', '.join(empty)} of train, test, "
+            "meta. Pass root=<folder holding cifar-100-python/> or download=True (needs "
+            "internet).")
 
 
 def cifar100(root: str | Path | None = None, n_train: int | None = None, n_val: int = 0,
@@ -379,16 +601,15 @@ def cifar100(root: str | Path | None = None, n_train: int | None = None, n_val: 
         import torchvision
 
         torchvision.datasets.CIFAR100(root=str(root), train=True, download=True)
-    if not all((folder / part).exists() for part in ("train", "test", "meta")):
-        raise DataNotFoundError(
-            f"CIFAR-100 not found in {folder} (train, test, meta). Pass root=<folder holding "
-            "cifar-100-python/> or download=True (needs internet).")
+    _check_cifar100_folder(folder)
     key = f"{labels}_labels"
     arrays = {}
     for part in ("train", "test"):
         arrays[f"X_{part}"], arrays[f"y_{part}"] = _read_cifar100_part(folder, part, key)
-    with open(folder / "meta", "rb") as f:
-        classes = pickle.load(f, encoding="latin1")[f"{labels}_label_names"]
+    classes = _read_pickle(folder / "meta", (f"{labels}_label_names",))[f"{labels}_label_names"]
+    for part in ("train", "test"):
+        if arrays[f"y_{part}"].max() >= len(classes) or arrays[f"y_{part}"].min() < 0:
+            raise DataError(f"{folder / part}: labels outside 0..{len(classes) - 1}")
     index = subset_indices(len(arrays["y_train"]), len(arrays["y_test"]), n_train, n_val,
                            n_test, seed)
     return _image_split(_select(arrays, index), classes, f"CIFAR-100 python release in {folder}")
@@ -413,15 +634,46 @@ def _decode_resized(paths, size: int) -> np.ndarray:
 
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     for i, path in enumerate(paths):
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            scale = size / min(image.size)
-            w, h = (max(size, round(s * scale)) for s in image.size)
-            image = image.resize((w, h), Image.BILINEAR)
-            left, top = (w - size) // 2, (h - size) // 2
-            image = image.crop((left, top, left + size, top + size))
-            out[i] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+        try:
+            out[i] = _resized(Image, path, size)
+        except (OSError, ValueError) as error:  # UnidentifiedImageError, truncated files
+            raise DataError(f"{path}: not a readable image ({error})") from error
     return out
+
+
+def _resized(Image, path: Path, size: int) -> np.ndarray:
+    """One image, its shorter side resized to ``size``, the centre square, ``[3, size, size]``."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        scale = size / min(image.size)
+        w, h = (max(size, round(s * scale)) for s in image.size)
+        image = image.resize((w, h), Image.BILINEAR)
+        left, top = (w - size) // 2, (h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def image_folder_files(root: str | Path, train_folder: str = "train",
+                       test_folder: str = "val") -> tuple[list[str], tuple, tuple]:
+    """The classes (folder names of the training part, sorted) and the image files with
+    their labels of the training and the test part of an ImageFolder tree. A missing part,
+    or a part with no image of a known suffix, raises DataNotFoundError naming the folder."""
+    root = Path(root)
+    train_dir, test_dir = root / train_folder, root / test_folder
+    if not train_dir.is_dir() or not test_dir.is_dir():
+        raise DataNotFoundError(f"ImageFolder tree not found: need {train_dir} and {test_dir} "
+                                "with one folder of images per class. Pass root=<folder>.")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    parts = []
+    for folder in (train_dir, test_dir):
+        files, labels = _list_image_folder(folder, classes)
+        if not files:
+            raise DataNotFoundError(
+                f"no images in {folder}: need {folder}/<class>/<image> for the classes of "
+                f"{train_dir} ({len(classes)} class folders found there), with suffixes "
+                f"{', '.join(IMAGE_SUFFIXES)}")
+        parts.append((files, labels))
+    return classes, parts[0], parts[1]
 
 
 def imagenet(root: str | Path, size: int = 64, n_train: int | None = None, n_val: int = 0,
@@ -436,14 +688,8 @@ def imagenet(root: str | Path, size: int = 64, n_train: int | None = None, n_val
     suits subsets and small resolutions (all of ImageNet at 64 px is 15.7 GB); full-resolution
     runs need a streaming loader.
     """
-    root = Path(root)
-    train_dir, test_dir = root / train_folder, root / test_folder
-    if not train_dir.is_dir() or not test_dir.is_dir():
-        raise DataNotFoundError(f"ImageFolder tree not found: need {train_dir} and {test_dir} "
-                                "with one folder of images per class. Pass root=<folder>.")
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    train_files, train_labels = _list_image_folder(train_dir, classes)
-    test_files, test_labels = _list_image_folder(test_dir, classes)
+    classes, (train_files, train_labels), (test_files, test_labels) = image_folder_files(
+        root, train_folder, test_folder)
     index = subset_indices(len(train_files), len(test_files), n_train, n_val, n_test, seed)
 
     listed = {"train": (train_files, train_labels), "val": (train_files, train_labels),
@@ -454,6 +700,24 @@ def imagenet(root: str | Path, size: int = 64, n_train: int | None = None, n_val
 
 
 DATASETS = ("cifar10", "cifar100", "imagenet")
+
+
+def dataset_sizes(name: str, root: str | Path | None = None,
+                  archive: str | Path | None = None) -> tuple[int, int]:
+    """(training images, test images) of the data set :func:`load_dataset` would load, known
+    without decoding any image (for checks before compute). DataNotFoundError or DataError,
+    naming the folder or file, where the data set is absent or its files are empty."""
+    if name == "cifar10":
+        return cifar10_sizes(root, archive)
+    if name not in DATASETS:
+        raise ValueError(f"image data set must be one of {DATASETS}, got {name!r}")
+    if root is None:
+        raise ValueError(f"{name} is read from a folder: give its root")
+    if name == "cifar100":
+        _check_cifar100_folder(Path(root) / "cifar-100-python")
+        return _CIFAR100_SIZES
+    _, (train_files, _), (test_files, _) = image_folder_files(root)
+    return len(train_files), len(test_files)
 
 
 def load_dataset(name: str, root: str | Path | None = None, archive: str | Path | None = None,

@@ -6,6 +6,10 @@ parameter to value (an empty section means the notebook's own defaults). The run
 checks everything it was asked to run before executing anything, then executes each
 notebook with papermill and writes it, atomically, to ``<out>/<name>.ipynb``.
 
+A SIGINT or SIGTERM (Ctrl-C, ``timeout``, a job scheduler) stops the running kernel at once,
+with every process it started, before the runner exits: nothing is computed or written after
+the signal, and the partly executed notebook is kept as ``<out>/<name>.failed.ipynb``.
+
 Command line::
 
     python -m growcore.runner --preset smoke|cpu|gpu [--nb NAME ...] [--out DIR]
@@ -14,9 +18,13 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +62,10 @@ def load_preset(name: str, preset: str, presets_dir: Path = PRESETS_DIR) -> dict
     path = Path(presets_dir) / f"{name}.yml"
     if not path.is_file():
         raise RunnerError(f"notebook {name!r} has no preset file {path}")
-    sections = yaml.safe_load(path.read_text()) or {}
+    try:
+        sections = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RunnerError(yaml_error_line(path, error)) from error
     if not isinstance(sections, dict):
         raise RunnerError(f"{path} must be a mapping with sections {', '.join(PRESETS)}")
     unknown = sorted(set(sections) - set(PRESETS))
@@ -66,6 +77,15 @@ def load_preset(name: str, preset: str, presets_dir: Path = PRESETS_DIR) -> dict
     if not isinstance(parameters, dict):
         raise RunnerError(f"{path}: section {preset!r} must map parameter names to values")
     return dict(parameters)
+
+
+def yaml_error_line(path: Path, error: yaml.YAMLError) -> str:
+    """One line naming the file, line and column of a YAML error, and what is wrong."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    return f"{where}: YAML error: {problem}" + (f" ({context})" if context else "")
 
 
 def notebook_parameters(name: str, preset: str | None = None, **overrides) -> dict:
@@ -140,6 +160,88 @@ def kernel_python() -> str:
     return sys.executable if executable in ("python", "python3") else executable
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_KERNELS: set = set()  # kernel managers of the kernels this process has running
+
+
+def _kernel_manager_class():
+    """A kernel manager that registers its kernels, so that :func:`stop_kernels` can kill
+    them from a signal handler (papermill's own cleanup waits for a busy kernel)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class TrackedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            await super().start_kernel(**kw)
+            _KERNELS.add(self)
+            # nbclient's own handlers (set on the loop while a notebook runs) shut a busy
+            # kernel down gracefully, which lets it finish what it is doing: replace them
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                for number in STOP_SIGNALS:
+                    loop.add_signal_handler(number, _on_signal, number, None)
+
+        async def shutdown_kernel(self, *args, **kw):
+            _KERNELS.discard(self)
+            await super().shutdown_kernel(*args, **kw)
+
+    return TrackedKernelManager
+
+
+def stop_kernels() -> list[int]:
+    """Kill every kernel this process started, with its process group (the kernel leads
+    its own session: the data loaders it forked go too); return their process ids."""
+    stopped = []
+    for manager in list(_KERNELS):
+        pid = getattr(getattr(manager, "provisioner", None), "pid", None)
+        if pid is None:
+            continue
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:  # not a group leader, or gone
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError, ChildProcessError):
+            os.waitpid(pid, 0)
+        stopped.append(pid)
+        _KERNELS.discard(manager)
+    return stopped
+
+
+class Stopped(KeyboardInterrupt):
+    """The runner received SIGINT or SIGTERM; its kernels are already stopped."""
+
+
+def _on_signal(signum, frame):
+    """Kill the kernels, then stop the runner (a KeyboardInterrupt also leaves the event loop
+    of a running notebook)."""
+    stop_kernels()
+    raise Stopped(f"stopped by {signal.Signals(signum).name}; the kernel was stopped")
+
+
+@contextlib.contextmanager
+def kernels_stop_on_signals():
+    """While inside, SIGINT and SIGTERM kill the kernels first, then raise :class:`Stopped`
+    (a KeyboardInterrupt); yields a function that sets the handlers again (nbclient resets
+    them to the defaults after each notebook). Outside the main thread signals cannot be
+    caught: no change."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+
+    def install() -> None:
+        for number in STOP_SIGNALS:
+            signal.signal(number, _on_signal)
+
+    install()
+    try:
+        yield install
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        stop_kernels()
+
+
 def execute(job: Job, out: Path, progress_bar: bool = True) -> float:
     """Execute one job into ``out/<name>.ipynb`` via a temporary file; return wall seconds."""
     import papermill
@@ -156,6 +258,7 @@ def execute(job: Job, out: Path, progress_bar: bool = True) -> float:
             kernel_name=KERNEL_NAME,
             progress_bar=progress_bar,
             cwd=str(job.path.parent),
+            kernel_manager_class=_kernel_manager_class(),
         )
     except BaseException:
         failed = out / f"{job.name}.failed.ipynb"
@@ -166,6 +269,22 @@ def execute(job: Job, out: Path, progress_bar: bool = True) -> float:
     return time.perf_counter() - start
 
 
+def output_folder(out: Path | str) -> Path:
+    """``out``, created if missing; RunnerError (one line) if it, or a parent, is no folder or
+    cannot be made."""
+    out = Path(out)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise RunnerError(f"--out {out}: {blocking} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunnerError(f"--out {out}: cannot create the folder ({error.strerror})") from error
+    if not os.access(out, os.W_OK):
+        raise RunnerError(f"--out {out}: the folder is not writable")
+    return out
+
+
 REGISTRY_PAGE = "registry.md"  # included by book/intro.md
 
 
@@ -174,6 +293,7 @@ def write_registry_page(out: Path) -> Path:
     from growcore.registry import markdown  # imports torch: only when notebooks are run
 
     fd, tmp = tempfile.mkstemp(prefix=".registry.", suffix=".md", dir=out)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the page is an ordinary file
     with os.fdopen(fd, "w") as file:
         file.write(markdown())
     path = out / REGISTRY_PAGE
@@ -205,14 +325,17 @@ def run_notebooks(
         Show papermill's per-cell progress bar.
     """
     jobs = plan(preset, names, Path(notebooks_dir), Path(presets_dir))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     write_registry_page(out)
     print(f"preset {preset}: {len(jobs)} notebook(s), kernel {KERNEL_NAME} -> {kernel_python()}")
     times = {}
-    for job in jobs:
-        times[job.name] = execute(job, out, progress_bar)
-        print(f"{job.name}: {times[job.name]:.1f} s -> {out / (job.name + '.ipynb')}")
+    with kernels_stop_on_signals() as install_handlers:
+        for job in jobs:
+            try:
+                times[job.name] = execute(job, out, progress_bar)
+            finally:
+                install_handlers()
+            print(f"{job.name}: {times[job.name]:.1f} s -> {out / (job.name + '.ipynb')}")
     return times
 
 
@@ -239,8 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     except RunnerError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     except PapermillExecutionError as error:
-        parser.exit(1, f"{parser.prog}: a cell failed: {error}\n")
+        parser.exit(1, f"{parser.prog}: a cell failed (cell {error.exec_count}): "
+                       f"{error.ename}: {first_line(error.evalue)}\n")
+    except Stopped as error:
+        parser.exit(130, f"{parser.prog}: {error}\n")
     return 0
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of ``text``."""
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ def colour(label: int, index: int) -> tuple[int, int, int]:
 
 
 @pytest.fixture
-def jpeg_archive(tmp_path):
+def jpeg_archive(tmp_path, monkeypatch):
     """A CIFAR-10 archive with the real layout, a few uniform images per class."""
+    monkeypatch.setattr(images, "CIFAR10_PER_CLASS", None)  # not all of CIFAR-10
     path = tmp_path / "cifar10-jpeg.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
         for part, n in N_PER_CLASS.items():

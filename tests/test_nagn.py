@@ -396,3 +396,13 @@ def test_the_chapters_runs_and_their_static_baselines_run_on_the_driver(tmp_path
     assert set(ratio) == {"accuracy", "time", "flops"}
     assert ratio["accuracy"] == pytest.approx(
         sum(accuracy) / sum(chapter.accuracy_at_last_eval(static)), rel=EXACT)
+
+
+def test_the_window_trigger_from_an_accuracy_of_zero():
+    """No division by zero: from 0 any rise is an infinite relative gain, none a plateau."""
+    from growcore.when.plateau import gained, window_trigger
+
+    assert window_trigger([0.0, 0.0, 0.0, 0.0], 2, 3e-3) == (True, 0.0)
+    assert window_trigger([0.0, 0.0, 0.1, 0.1], 2, 3e-3) == (False, 0.1)
+    assert window_trigger([0.2, 0.2, 0.2, 0.2], 2, 3e-3) == (True, 0.2)
+    assert gained(0.0, 0.1, 0.05) and not gained(0.0, 0.0, 0.05) and gained(0.0, 0.0, -1.0)

@@ -19,8 +19,14 @@ ablations ``FRAGrow a=<alpha>`` (Table 8), ``<method> circulating`` (Table 9) an
 from __future__ import annotations
 
 from growcore import papers
-from growcore.images import IMAGENET_MEAN, IMAGENET_STD
-from growcore.params import ParameterError, Spec, require
+from growcore.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataError,
+    DataNotFoundError,
+    dataset_sizes,
+)
+from growcore.params import ParameterError, Spec, check_model, require
 from growcore.params import validate as validate_all
 from growcore.paths import dataset_dir, missing_dataset_message
 from growcore.plan import PlanError
@@ -55,11 +61,11 @@ PARAMETERS = {
     "n_val": Spec(int, minimum=1),
     "n_test": Spec(int, minimum=1),
     "batch_size": Spec(int, minimum=1),
-    "lr": Spec(float, minimum=0),
+    "lr": Spec(float, greater_than=0),
     "weight_decay": Spec(float, minimum=0),
-    "momentum": Spec(float, minimum=0, maximum=1),
-    "alpha": Spec(float),
-    "alphas": Spec(list, item=float),
+    "momentum": Spec(float, minimum=0, less_than=1),
+    "alpha": Spec(float, greater_than=0, maximum=100),  # ORL in percentage points
+    "alphas": Spec(list, item=float, greater_than=0, maximum=100),
     "fast_factor": Spec(float, minimum=1),
     "patience": Spec(int, minimum=1),
     "lipgrow_tolerance": Spec(float, minimum=1),
@@ -94,11 +100,37 @@ def validate(namespace: dict) -> dict:
             f"every entry must be below the regime's epochs {p['epochs']}")
     require(p["dataset"] != "imagenet" or p["architecture"] != "vgg", "architecture",
             "the staged VGG is built for 32x32 images; on imagenet use resnet or mobilenetv2")
+    require(len(set(p["regimes"])) == len(p["regimes"]), "regimes",
+            f"names must differ (they name the runs and their records); got {p['regimes']}")
     if p["dataset"] != "cifar10":
         missing = missing_dataset_message(p["dataset"], p["data_root"])
         require(missing is None, "data_root", missing or "")
+    _check_data(p)
+    shape = (3, p["image_size"], p["image_size"]) if p["dataset"] == "imagenet" else (3, 32, 32)
+    for name in ("seed_blocks", "target_blocks"):
+        section = model_section(p, p[name])
+        check_model(name, p[name], section["name"],
+                    {k: v for k, v in section.items() if k != "name"}, shape, 10)
     _check_extra_plans(p)
     return p
+
+
+def _check_data(p: dict) -> None:
+    """Every regime's split against the images the data set holds (counted, not decoded)."""
+    root = None if p["dataset"] == "cifar10" else str(dataset_dir(p["dataset"], p["data_root"]))
+    try:
+        n_train, n_test = dataset_sizes(p["dataset"], root)
+    except (DataNotFoundError, DataError) as error:
+        where = "dataset" if p["dataset"] == "cifar10" else "data_root"
+        raise ParameterError(f"parameter {where!r}: {error}") from error
+    require(max(p["n_train"]) + p["n_val"] <= n_train, "n_train",
+            f"every entry plus n_val ({p['n_val']}) must not exceed the {n_train} training "
+            f"images of {p['dataset']}; got {p['n_train']}")
+    require(p["n_test"] <= n_test, "n_test",
+            f"must be at most the {n_test} test images of {p['dataset']}; got {p['n_test']}")
+    require(p["batch_size"] <= min(p["n_train"]), "batch_size",
+            f"must not exceed the smallest n_train ({min(p['n_train'])}); got "
+            f"{p['batch_size']}")
 
 
 def _check_extra_plans(p: dict) -> None:

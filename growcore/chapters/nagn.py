@@ -18,7 +18,8 @@ import math
 import numpy as np
 
 from growcore import papers, registry
-from growcore.params import Spec, require
+from growcore.images import DataError, DataNotFoundError, dataset_sizes
+from growcore.params import ParameterError, Spec, check_model, require
 from growcore.params import validate as validate_all
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES
@@ -35,7 +36,7 @@ PARAMETERS = {
     "augment": Spec(bool),
     "epochs": Spec(int, minimum=1),
     "batch_size": Spec(int, minimum=1),
-    "lr": Spec(float, minimum=0),
+    "lr": Spec(float, greater_than=0),
     "weight_decay": Spec(float, minimum=0),
     "evals_per_epoch": Spec(int, minimum=1),
     "w_acc": Spec(int, minimum=1),
@@ -66,7 +67,9 @@ def _valid_widths(widths) -> bool:
 
 
 def validate(namespace: dict) -> dict:
-    """Check the notebook's parameters (picked by name from ``namespace``) before compute."""
+    """Check the notebook's parameters (picked by name from ``namespace``) before compute:
+    every value, the nets (each must carry a CIFAR-10 image through its poolings), the split
+    against the images CIFAR-10 holds, and a trigger window that fits in the run."""
     params = validate_all({k: namespace[k] for k in PARAMETERS if k in namespace}, PARAMETERS)
     for name in ("fig1_widths",):
         require(_valid_widths(params[name]), name,
@@ -74,13 +77,39 @@ def validate(namespace: dict) -> dict:
     for widths in params["configurations"]:
         require(_valid_widths(widths), "configurations",
                 f"every entry must be a list of blocks of widths >= 1; got {widths!r}")
-    require(params["n_train"] + params["n_val"] <= 50_000, "n_train",
-            "n_train + n_val must not exceed the 50000 CIFAR-10 training images")
-    require(params["n_test"] <= 10_000, "n_test", "CIFAR-10 has 10000 test images")
-    require(params["lr"] > 0, "lr", "must be positive")
+    repeated = [w for i, w in enumerate(params["configurations"])
+                if w in params["configurations"][:i]]
+    require(not repeated, "configurations", f"{repeated[0] if repeated else ''} is given twice "
+            "(one run, one record per configuration)")
+    for name, nets in (("fig1_widths", [params["fig1_widths"]]),
+                       ("configurations", params["configurations"])):
+        for widths in nets:
+            check_model(name, widths, "vgg", {"config": widths, "head": "flatten"},
+                        (3, 32, 32), 10)
+    _check_split(params)
     require(params["evals_per_epoch"] <= _iterations_per_epoch(params), "evals_per_epoch",
-            "cannot exceed the number of batches per epoch")
+            f"cannot exceed the number of batches per epoch ({_iterations_per_epoch(params)}); "
+            f"got {params['evals_per_epoch']}")
+    evaluations = params["epochs"] * params["evals_per_epoch"]
+    require(2 * params["w_acc"] <= evaluations, "w_acc",
+            f"a growth compares two windows of w_acc evaluations ({2 * params['w_acc']}), but "
+            f"the run has epochs x evals_per_epoch = {evaluations}; got w_acc {params['w_acc']}")
     return params
+
+
+def _check_split(params: dict) -> None:
+    """The split against the images of CIFAR-10 at hand (cache or archive)."""
+    try:
+        n_train, n_test = dataset_sizes("cifar10", None, params["cifar10_archive"] or None)
+    except (DataNotFoundError, DataError) as error:
+        raise ParameterError(f"parameter 'cifar10_archive': {error}") from error
+    require(params["n_train"] + params["n_val"] <= n_train, "n_train",
+            f"n_train + n_val must not exceed the {n_train} CIFAR-10 training images; got "
+            f"{params['n_train']} + {params['n_val']}")
+    require(params["n_test"] <= n_test, "n_test",
+            f"must be at most the {n_test} CIFAR-10 test images; got {params['n_test']}")
+    require(params["batch_size"] <= params["n_train"], "batch_size",
+            f"must not exceed n_train ({params['n_train']}); got {params['batch_size']}")
 
 
 def _iterations_per_epoch(p: dict) -> int:

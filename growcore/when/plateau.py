@@ -104,14 +104,21 @@ def window_trigger(accuracy: list[float], w_acc: int, delta_acc: float) -> tuple
     """Whether the last two windows of ``w_acc`` accuracies gain less than ``delta_acc``.
 
     Returns ``(fire, A_curr)``; ``fire`` is False while fewer than ``2 w_acc`` values exist.
+    From an accuracy of 0 the relative gain is infinite for any rise (no trigger) and there
+    is no gain without one (a plateau: the trigger fires).
     """
     if len(accuracy) < 2 * w_acc:
         return False, float("nan")
     current = sum(accuracy[-w_acc:]) / w_acc
     previous = sum(accuracy[-2 * w_acc:-w_acc]) / w_acc
+    if previous <= 0:
+        return current <= previous, current
     return (current - previous) / previous < delta_acc, current
 
 
 def gained(before: float, after: float, delta_stop: float) -> bool:
-    """Whether the accuracy rose by at least ``delta_stop`` (relative) between triggers."""
+    """Whether the accuracy rose by at least ``delta_stop`` (relative) between triggers (from
+    0, any rise is an infinite relative gain)."""
+    if before <= 0:
+        return after > before or delta_stop <= 0
     return (after - before) / before >= delta_stop
