@@ -13,7 +13,7 @@ PRESET ?= cpu
 NB ?=
 RUN_ARGS := --preset $(PRESET) $(if $(strip $(NB)),--nb $(NB))
 
-.PHONY: setup run book test lint bench clean
+.PHONY: setup run book test lint bench clean gpu-check
 
 setup: $(STAMP)
 
@@ -48,6 +48,11 @@ test: lint
 
 bench: setup
 	@set -e; for script in $(wildcard bench/*.py); do echo "== $$script"; $(PY) $$script; done
+
+# Every chapter's GPU code path for a few steps, throughput, growth cost, peak memory and the
+# streaming loader, in under 5 minutes on one GPU (tiny sizes without one). ARGS: e.g. --json F.
+gpu-check: setup
+	$(PY) -m growcore.gpucheck $(ARGS)
 
 # Build outputs only: results/ (experiment records) and data/ are kept.
 clean:

@@ -1,7 +1,8 @@
 """Growing a network on many processes: torchrun + DistributedDataParallel.
 
-The spine's :func:`growcore.train.train` runs unchanged on every rank; three adapters make a
-growing run distributed:
+The spine's :func:`growcore.train.train` runs unchanged on every rank; :func:`synchronised`
+makes a growth plan distributed, so that every rank takes the same decision and grows the
+same way for every operator, from these adapters:
 
 * :func:`shard` gives each rank an equal, disjoint part of the training set (validation and
   test sets stay whole, so every rank evaluates the same model on the same data);
@@ -9,15 +10,33 @@ growing run distributed:
   over the ranks (each rank sees only its own batches), so the policy reads the statistics a
   single process would; rank 0's decision is then broadcast, so every rank grows at the same
   iteration;
+* :func:`reduce_statistics` makes the statistics that decide where and how those of the
+  whole training set: GradMax's gradient matrices (:class:`MeanOverRanks`: a matrix is a
+  mean over the examples, so with equal shards the mean of the ranks' matrices is the single
+  process's) and NAGN's sums of squared activation gradients (:class:`SummedNAGN`: the sums
+  and their example counts summed over the ranks), all-reduced before the SVD or the
+  increments are computed;
+* :class:`RankZeroWhere` wraps a where-criterion: every rank runs it (its statistics may be
+  collective), and rank 0's proposals are broadcast, so the ranks never grow different
+  shapes, not even by a rounding tie or with a criterion whose statistics are not reduced
+  (SensLI's merits of an ``nn.Module``, the gradient-norm baseline: there rank 0's shard
+  decides);
 * :func:`distributed_op` wraps a growth operator: it grows the network inside the DDP
   wrapper and wraps the grown network in a new DDP, whose construction broadcasts rank 0's
-  parameters and buffers (so randomly initialised blocks are the same on every rank). The
+  parameters and buffers: randomly initialised units and blocks are rank 0's draws on every
+  rank (with reduced statistics and the initialisers' own seeded generators, the ranks drew
+  the same values anyway). The grown network keeps the old one's memory format. The
   returned growth maps the wrapper's parameter names (``module.*``), so the optimiser state is
-  carried by :func:`growcore.ops.rebuild_optimizer` as in a single process.
+  carried by :func:`growcore.ops.rebuild_optimizer` as in a single process, and the loop
+  builds a new optimiser for the new wrapper.
 
 With full-batch training, ranks holding equal shards average their gradients to exactly the
 single-process gradient; with mini-batches of ``b`` per rank, one update sees ``b * world``
-examples. BatchNorm statistics are per rank (``SyncBatchNorm`` needs GPUs).
+examples. BatchNorm statistics are per rank (``SyncBatchNorm`` needs GPUs). The reduced
+statistics equal the single process's with full-data statistics (GradMax's
+``batch_size=None``) on equal shards and without train-mode BatchNorm between the layers; a
+statistic over one random minibatch of ``b`` draws ``b`` examples on every rank (``b * world``
+in all), and BatchNorm couples only the examples of a rank.
 
 The FRAGrow chapter's runs launch this way (one process per GPU)::
 
@@ -37,6 +56,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from growcore.data import Split
 from growcore.ops import Growth
+from growcore.plan import GrowthPlan
+from growcore.stats.gradmax import GradientMatrices
+from growcore.stats.nagn import NAGNObserver, nagn_from_sums
 from growcore.when import TrainState, WhenPolicy
 
 PREFIX = "module."  # DistributedDataParallel's prefix of the wrapped network's names
@@ -125,7 +147,113 @@ def distributed_op(op: Callable, **ddp_options) -> Callable:
     """The growth operator ``op`` for a DDP-wrapped network (see the module docstring)."""
     def grow(model: DistributedDataParallel, proposals, how, stats=None) -> WrappedGrowth:
         inner = op(model.module, proposals, how, stats)
+        if _channels_last(model.module):
+            inner.model.to(memory_format=torch.channels_last)  # before DDP sees its strides
         return WrappedGrowth(wrap(inner.model, **ddp_options), inner)
 
     grow.__name__ = f"distributed_{getattr(op, '__name__', 'op')}"
     return grow
+
+
+def _channels_last(model: torch.nn.Module) -> bool:
+    """Whether the network's convolutions are in the channels-last format (a 1 x 1 kernel is
+    in both formats: the others tell)."""
+    return any(m.weight.is_contiguous(memory_format=torch.channels_last)
+               and not m.weight.is_contiguous()
+               for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+# ---------------------------------------------------------------- every rank the same growth
+def synchronised(plan: GrowthPlan, device: str | torch.device = "cpu") -> GrowthPlan:
+    """The plan for a DDP run: the when-policy :class:`Agreed`, the statistics of the where
+    and how parts reduced over the ranks (:func:`reduce_statistics`), the where-criterion's
+    decision rank 0's (:class:`RankZeroWhere`) and the operator :func:`distributed_op`.
+
+    The parts are changed in place (their statistics) and shared with the returned plan.
+    """
+    for part in (plan.where, plan.how):
+        reduce_statistics(part)
+    return GrowthPlan(Agreed(plan.when, device), RankZeroWhere(plan.where), plan.how,
+                      op=distributed_op(plan.op), lr_factor=plan.lr_factor)
+
+
+def reduce_statistics(part) -> None:
+    """Let ``part`` read statistics over all ranks: GradMax's gradient matrices
+    (``part.matrices``, :class:`MeanOverRanks`) and NAGN's activation-gradient sums
+    (``part.observer``, :class:`SummedNAGN`). Other parts are left as they are."""
+    if isinstance(getattr(part, "matrices", None), GradientMatrices):
+        part.matrices = MeanOverRanks(part.matrices)
+    if isinstance(getattr(part, "observer", None), NAGNObserver):
+        part.observer = SummedNAGN(part.observer)
+
+
+class MeanOverRanks:
+    """GradMax's :class:`growcore.stats.gradmax.GradientMatrices` whose matrix is the mean of
+    the ranks' matrices (eq. (11)'s ``G = E_D[dL/dz_{l+1} h_{l-1}^T]`` over the whole
+    training set when the ranks hold equal shards), all-reduced before any SVD."""
+
+    def __init__(self, inner: GradientMatrices):
+        self.inner = inner
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        G = self.inner(*args, **kwargs).contiguous()
+        dist.all_reduce(G)
+        return G / dist.get_world_size()
+
+
+class SummedNAGN:
+    """NAGN's observer (:class:`growcore.stats.nagn.NAGNObserver`) whose profile is that of
+    all ranks' batches: the per-layer sums ``sum_i ||dL_i/dz_{l,i}||^2 / T_l`` and the
+    example counts of the kept batches are summed over the ranks before
+    ``NAGN_l = sqrt(sum / count)`` (section 3). The hooks are the wrapped observer's."""
+
+    def __init__(self, observer: NAGNObserver):
+        self.observer = observer
+
+    def attach(self, model) -> None:
+        self.observer.attach(model)
+
+    def detach(self) -> None:
+        self.observer.detach()
+
+    def describe(self) -> dict:
+        return self.observer.describe()
+
+    def nagn(self) -> torch.Tensor:
+        """The NAGN profile [L] of every rank's kept batches together."""
+        batches = self.observer.batches
+        if not batches:
+            raise ValueError("no backward pass has been observed since the last attach")
+        sums = torch.stack([torch.stack(b[0]) for b in batches]).double().sum(dim=0)
+        count = torch.tensor([float(sum(b[1] for b in batches))], dtype=torch.float64,
+                             device=sums.device)
+        for tensor in (sums, count):
+            dist.all_reduce(tensor)
+        return nagn_from_sums(sums.cpu(), [count.item()] * len(sums))
+
+
+class RankZeroWhere:
+    """A where-criterion that every rank runs and whose proposals (and info) are rank 0's,
+    broadcast to all (``torch.distributed.broadcast_object_list``)."""
+
+    def __init__(self, where):
+        self.where = where
+
+    @property
+    def kind(self) -> str:
+        return self.where.kind
+
+    def __call__(self, model, sites, stats=None):
+        answer = [self.where(model, sites, stats)]
+        dist.broadcast_object_list(answer, src=0)
+        return answer[0]
+
+    def refuses(self, model) -> str | None:
+        return getattr(self.where, "refuses", lambda m: None)(model)
+
+    def observers(self) -> list:
+        return list(getattr(self.where, "observers", list)())
+
+    def describe(self) -> dict:
+        return self.where.describe() if hasattr(self.where, "describe") else {
+            "name": type(self.where).__name__}
