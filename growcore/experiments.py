@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
-MODELS = {"fnn": "fnn", "resnet": "resnet_seed_batched"}  # SensLI's nets by the driver's names
+# SensLI's nets by the driver's names: eqs. (2.2), (2.3), and the ResNet of the authors' code
+MODELS = {"fnn": "fnn", "resnet": "resnet_seed_batched",
+          "resnet_authors": "resnet_seed_batched_authors"}
 
 
 def spiral_config(model: str, widths: list[int], seeds: list[int], iterations: int, lr: float,
@@ -18,7 +20,9 @@ def spiral_config(model: str, widths: list[int], seeds: list[int], iterations: i
                   name: str = "spiral") -> dict:
     """The driver configuration of one spiral experiment (SensLI section 3).
 
-    ``model`` is ``"fnn"`` (eq. 2.2) or ``"resnet"`` (eq. 2.3), trained full batch (SGD, the
+    ``model`` is ``"fnn"`` (eq. 2.2), ``"resnet"`` (eq. 2.3) or ``"resnet_authors"`` (the
+    authors' code: biases in the first and the output layer, the activation after the first,
+    :class:`growcore.models.seed_batched.SeedBatchedAuthorsResNet`), trained full batch (SGD, the
     paper's setting) with the test error measured every ``eval_every`` iterations.
     ``insert_at=None`` trains the fixed architecture; otherwise one layer is inserted at that
     iteration where the SensLI merit selects (``select="max"``: LI, ``"min"``: LI_other),

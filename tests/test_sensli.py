@@ -1,6 +1,7 @@
 """SensLI building blocks: data, models, identity insertion, gradient identities, KKT, merits."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -311,3 +312,205 @@ def test_compare_pairs_the_final_losses_by_seed():
     expected = f"-1.0000 ± {T95_2 / math.sqrt(3):.4f}  (first lower in 2/3 seeds)"
     assert compare(records, "a", "b", last=2) == expected
     assert compare(records, "b", "a", last=2).startswith("+1.0000")
+
+
+# The ResNet of the authors' code (nets.two_weight_resnet): biases in and out, tanh after the
+# first layer; the same weight draws as eq. (2.3) seed by seed.
+def _authors(widths, seeds=SEEDS):
+    from growcore.models.seed_batched import SeedBatchedAuthorsResNet
+
+    return SeedBatchedAuthorsResNet.initial(widths, seeds, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("widths, count", [([3, 3], 38), ([3, 3, 3], 59), ([3, 3, 3, 3], 80)])
+def test_authors_resnet_counts_the_two_biases(widths, count):
+    # eq. (2.3) + b^1 (h = 3) + b^{L+1} (c = 2)
+    assert _authors(widths, [0]).num_parameters() == count
+    assert count == build("resnet", widths, [0]).num_parameters() + 3 + 2
+
+
+def test_authors_resnet_computes_the_codes_function_with_the_weights_of_eq_2_3(data):
+    net, eq23 = _authors([3, 3, 3]), build("resnet", [3, 3, 3], SEEDS, dtype=torch.float64)
+    for group in ("input", "blocks", "output"):
+        for mine, theirs in zip(getattr(net, group), getattr(eq23, group)):
+            for name, tensor in theirs.named_parameters():
+                assert torch.equal(getattr(mine, name), tensor)
+    assert net.input[0].b.abs().max() > 0 and net.output[0].b.abs().max() > 0
+    X = data.X_test
+    for s in range(len(SEEDS)):
+        x = torch.tanh(X @ net.input[0].W[s].T + net.input[0].b[s])
+        for block in net.blocks:
+            x = x + torch.tanh(x @ block.W1[s].T + block.b[s]) @ block.W2[s].T
+        expected = x @ net.output[0].W[s].T + net.output[0].b[s]
+        assert torch.allclose(net(X)[s], expected, atol=EXACT, rtol=0)
+    # and not the function of eq. (2.3)
+    assert not torch.allclose(net(X), eq23(X), atol=1e-3)
+
+
+def test_authors_resnet_insertion_preserves_the_function_and_keeps_its_biases(data):
+    net = _authors([3, 3, 3])
+    before = net(data.X_test)
+    for positions in ([1] * 4, [2] * 4, [[1, 2]] * 4):
+        grown = insert_layers(net, at_positions(net, positions), IdentityLayer(0.8)).model
+        assert type(grown) is type(net) and "b" in dict(grown.input[0].named_parameters())
+        assert torch.allclose(grown(data.X_test), before, atol=EXACT, rtol=0)
+    assert net.insertion_positions() == [1, 2]    # between hidden layers, as the code of 2023
+
+
+def test_authors_resnet_gradients_2_5_and_merit(data):
+    """(2.5a/b) hold for the inserted block of the authors' net, and the merit is the squared
+    gradient of the virtual W2 (eq. 2.15, code normalisation)."""
+    net = _authors([3, 3, 3], [0])
+    merits = sensli_merits(net, data, "code")
+    for p, k in enumerate(net.insertion_positions()):
+        grown = insert_layers(net, at_positions(net, [k]), IdentityLayer(0.8)).model
+        new = grown.blocks[k - 1]
+        loss = per_seed_cross_entropy(grown(data.X_train), data.y_train).sum()
+        gW1, gb, gW2 = torch.autograd.grad(loss, [new.W1, new.b, new.W2])
+        assert gW1.abs().max() == 0 and gb.abs().max() == 0 and gW2.abs().max() > 0
+        assert merits[0, p] == pytest.approx(float(gW2.pow(2).sum()), rel=1e-10)
+
+
+def test_authors_resnet_runs_in_the_driver_batched_as_one_seed_at_a_time():
+    from growcore.driver import run_experiment
+    from growcore.experiments import spiral_config
+
+    config = spiral_config("resnet_authors", [3, 3], [0, 1, 2], iterations=12, lr=0.1,
+                           insert_at=5)
+    batched = run_experiment(config, save=False, progress=False, device="cpu")
+    alone = run_experiment(config, save=False, progress=False, device="cpu", batched=False)
+    assert batched["config"]["model"]["name"] == "resnet_seed_batched_authors"
+    assert batched["metrics"]["final_model"][0]["architecture"].startswith("authors' code")
+    assert batched["metrics"]["n_params"][0][4:6] == [38, 59]
+    np.testing.assert_allclose(batched["metrics"]["loss"], alone["metrics"]["loss"], rtol=1e-5)
+
+
+def test_the_chapter_runs_fig_3_3b_on_both_resnets():
+    from growcore.chapters import sensli
+    from growcore.runner import notebook_parameters
+
+    runs = sensli.experiments(sensli.validate(notebook_parameters("sensli", "smoke")))
+    for name in ("ResNet1", "ResNet2", "ResNetLI"):
+        ours, theirs = runs[name], runs[f"{name} authors"]
+        assert ours["model"]["name"] == "resnet_seed_batched"
+        assert theirs["model"]["name"] == "resnet_seed_batched_authors"
+        strip = lambda c: {k: v for k, v in c.items() if k not in ("name", "model")}  # noqa: E731
+        assert strip(ours) == strip(theirs)    # same seeds, data, training and plan
+    assert runs["ResNet[3,3,3,3] authors"]["model"]["widths"] == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("spike_threshold", -0.1, "parameter 'spike_threshold' must be float >= 0"),
+    ("authors_stop_test_error", 1.5, "is a test error in [0, 1]"),
+])
+def test_new_parameters_are_checked(name, value, message):
+    from growcore.chapters import sensli
+    from growcore.params import ParameterError
+    from growcore.runner import notebook_parameters
+
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        sensli.validate({**notebook_parameters("sensli", "smoke"), name: value})
+
+
+def test_float32_spiral_differs_by_float32_rounding_only():
+    from growcore.chapters.sensli import float32_spiral_deviation
+
+    deviation = float32_spiral_deviation()
+    # coordinates of size <= 1.5: a few float32 ulps (2^-23 ~ 1.2e-7 relative)
+    assert 0 < deviation < 8 * 1.5 * 2.0**-23
+
+
+def test_per_seed_measures_read_the_right_series():
+    from growcore.chapters.sensli import per_seed
+
+    record = _record(loss=[[9.0, 1.0, 3.0]], test_error=[[0.5, 0.2, 0.4]], final_test=[0.1],
+                     final_train=[0.05])
+    assert per_seed(record, "loss", last=2) == pytest.approx([2.0])
+    assert per_seed(record, "last loss") == pytest.approx([3.0])
+    assert per_seed(record, "test error", last=2) == pytest.approx([0.3])
+    assert per_seed(record, "final test error") == pytest.approx([0.1])
+    assert per_seed(record, "final train error") == pytest.approx([0.05])
+    with pytest.raises(ValueError, match="measure must be one of"):
+        per_seed(record, "best loss")
+
+
+@pytest.mark.parametrize("mean, half, expected", [
+    (-1.0, 0.5, "confirmed"), (1.0, 0.5, "contradicted"), (0.2, 0.5, "not resolved"),
+    (-0.2, 0.5, "not resolved")])
+def test_verdict_is_read_from_the_interval(mean, half, expected):
+    from growcore.chapters.sensli import verdict
+
+    assert verdict(mean, half) == expected
+
+
+def test_paired_and_claim_table():
+    from growcore.chapters.sensli import claim_table, paired
+
+    records = {"a": _record(loss=[[0.0, -1.9], [0.0, -2.0], [0.0, -2.1]],
+                            final_test=[0.1, 0.2, 0.3]),
+               "b": _record(loss=[[0.0, 0.0]] * 3, final_test=[0.1, 0.2, 0.3])}
+    mean, half, lower, n = paired(records, "a", "b", "last loss")
+    assert (mean, lower, n) == (pytest.approx(-2.0), 3, 3)
+    assert half == pytest.approx(T95_2 * 0.1 / math.sqrt(3))     # differences: sd 0.1
+    assert paired(records, "b", "a", "last loss")[:3] == (pytest.approx(2.0), half, 0)
+    _, loss_line, error_line = claim_table(
+        records, {"a < b": ("a", "b")}, ("last loss", "final test error")).split("\n")
+    assert loss_line.endswith("confirmed") and f"{-2.0:+8.3f}" in loss_line
+    assert error_line.endswith("not resolved") and "pp" in error_line   # equal: no difference
+
+
+def test_spikes_count_one_iteration_jumps_from_the_insertion_on():
+    from growcore.chapters.sensli import spikes
+
+    record = _record(loss=[[1.0, 1.0, 2.0, 0.1, 0.1],        # jumps by 1.0 at iteration 1 -> 2
+                           [1.0, 1.3, 1.6, 1.9, 2.2],        # rises by 1.2, never 0.5 at once
+                           [1.0, 0.9, 0.8, 0.7, 0.6]])
+    assert spikes(record, at=0) == (1, 3)
+    assert spikes(record, at=2) == (0, 3)                    # the jump is before iteration 2
+    assert spikes(record, at=0, threshold=0.25) == (2, 3)
+    assert spikes(record, at=4) == (0, 3)                    # nothing after the last iteration
+
+
+def test_authors_stop_ends_a_run_after_the_update_that_reaches_the_target():
+    from growcore.chapters.sensli import authors_mean, authors_series, authors_stop
+
+    # test_error[t]: the network after t updates; final_test: after all 4
+    record = _record(loss=[[4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.0], [8.0, 6.0, 4.0, 2.0],
+                           [4.0, 4.0, 4.0, 4.0]],
+                     test_error=[[0.5, 0.0, 0.2, 0.0],    # 0 after update 0: one loss recorded
+                                 [0.5, 0.5, 0.5, 0.5],    # 0 only after the last update
+                                 [0.0, 0.5, 0.5, 0.5],    # 0 before training: not checked
+                                 [0.5, 0.5, 0.1, 0.5]],
+                     final_test=[0.0, 0.0, 0.5, 0.5])
+    assert authors_stop(record).tolist() == [1, 4, 4, 4]
+    assert authors_stop(record, target=0.1).tolist() == [1, 4, 4, 2]   # seed 3: 0.1 after 1
+    series = authors_series(record)
+    assert np.isnan(series[0, 1:]).all() and not np.isnan(series[1:]).any()
+    np.testing.assert_allclose(authors_mean(record), [5.0, 13 / 3, 10 / 3, 7 / 3])
+    everyone_stops = _record(loss=[[1.0, 1.0]], test_error=[[0.5, 0.0]], final_test=[0.0])
+    assert np.isnan(authors_mean(everyone_stops)[1])
+
+
+def test_early_stopping_table_averages_the_runs_still_going():
+    from growcore.chapters.sensli import early_stopping_table
+
+    records = {"A": _record(loss=[[2.0, 1.0, 0.0], [2.0, 2.0, 2.0]],
+                            test_error=[[0.5, 0.0, 0.0], [0.5, 0.5, 0.5]],
+                            final_test=[0.0, 0.5])}
+    row = early_stopping_table(records, ["A"]).split("\n")[1].split()
+    # seed 0 stops after its first update; at the end only seed 1 is going: 2.0 (n = 1)
+    assert row[:3] == ["A", "1/2", "1"]
+    assert row[3:7] == ["2.000", "±", "0.000", "("]
+    # full training: seeds end at 0.0 and 2.0, sd sqrt 2: half-width t(0.975, 1) sqrt 2 / sqrt 2
+    assert row[7:11] == ["1)", "1.000", "±", f"{T95_1:.3f}"]
+
+
+def test_final_table_gives_the_last_values_beside_the_last_means():
+    from growcore.chapters.sensli import final_table
+
+    records = {"A": _record(loss=[[1.0, 3.0], [1.0, 3.0]], test_error=[[0.1, 0.3]] * 2,
+                            final_test=[0.5, 0.5])}
+    row = final_table(records, ["A"], last=2).split("\n")[1].split()
+    values = row[2::3]                  # name, n, then "mean ± half" six times
+    assert row[:2] == ["A", "2"]
+    assert values == ["2.000", "3.000", "1.000", "20.0", "50.0", "30.0"]

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.slow
     ("n_seeds", -3, "parameter 'n_seeds' must be int >= 1; got -3"),
     ("merit_normalisation", "none", "parameter 'merit_normalisation' must be str one of"),
     ("insertion_iteration", 5000, "parameter 'insertion_iteration': must be below iterations"),
+    ("authors_stop_test_error", 2.0, "parameter 'authors_stop_test_error': is a test error"),
 ])
 def test_bad_parameter_stops_before_compute(stops_before_compute, name, value, message):
     stops_before_compute("sensli", name, value, message)
@@ -21,7 +22,8 @@ def test_smoke_records_are_complete(smoke_book):
     records = [json.loads(p.read_text()) for p in smoke_book.results.rglob("sensli/**/*.json")]
     names = {r["name"] for r in records}
     for expected in ("FNN1", "FNN2", "ResNet1", "ResNet2", "ResNetLI", "FNN[4,4] LI",
-                     "FNN[4,4] LI_other"):
+                     "FNN[4,4] LI_other", "ResNet1 authors", "ResNet2 authors",
+                     "ResNetLI authors", "ResNet[3,3,3,3] authors"):
         assert expected in names
     for record in records:
         assert record["preset"] == "smoke" and record["environment"]["code_version"]

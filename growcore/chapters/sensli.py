@@ -2,7 +2,10 @@
 summaries of their records.
 
 The experiments are those of the paper's section 3, by the names of its public code:
-Exp8 (Fig. 3.2), Exp6 (Fig. 3.3a), Exp11 (Fig. 3.3b), Exp9 (Fig. 3.4a), Exp14 (Fig. 3.4b).
+Exp8 (Fig. 3.2), Exp6 (Fig. 3.3a), Exp11 (Fig. 3.3b, on eq. (2.3)'s ResNet and on the authors'
+code's), Exp9 (Fig. 3.4a), Exp14 (Fig. 3.4b). The summaries read the records: final values
+(:func:`final_table`), paired claims with verdicts (:func:`claim_table`), loss spikes
+(:func:`spikes`) and the authors' early stopping applied after the fact (:func:`authors_stop`).
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ PARAMETERS = {
     "iterations": Spec(int, minimum=2),
     "insertion_iteration": Spec(int, minimum=1),
     "insertion_sweep": Spec(list, item=int, minimum=1, min_length=1),
-    "lr_fnn": Spec(float, minimum=0),
-    "lr_resnet": Spec(float, minimum=0),
-    "lr_factor_after_insertion": Spec(float, minimum=0),
+    "lr_fnn": Spec(float, greater_than=0),
+    "lr_resnet": Spec(float, greater_than=0),
+    "lr_factor_after_insertion": Spec(float, greater_than=0),
     "merit_normalisation": Spec(str, choices=NORMALISATIONS),
     "resnet_W1_scale": Spec(float),
     "extra_plans": Spec(dict),
+    "spike_threshold": Spec(float, minimum=0),
+    "authors_stop_test_error": Spec(float, minimum=0),
     "device": Spec(str, choices=DEVICES),
     "threads": Spec(int, minimum=1),
     "progress": Spec(bool),
@@ -51,13 +56,17 @@ def validate(namespace: dict) -> dict:
     require(max(params["insertion_sweep"]) <= last, "insertion_sweep",
             f"every entry must be below iterations ({params['iterations']}); got "
             f"{params['insertion_sweep']}")
-    require(params["lr_fnn"] > 0 and params["lr_resnet"] > 0, "lr_fnn/lr_resnet",
-            "learning rates must be positive")
+    taken = [label for label in params["extra_plans"]
+             if not isinstance(label, str) or label in ("LI", "LI_other")]
+    require(not taken, "extra_plans", f"labels must be new names (FNN[4,4] LI and LI_other "
+            f"are the chapter's own runs); got {taken}")
     for label, plan in params["extra_plans"].items():
         try:
             build_plan(extra_plan(plan, params))
         except PlanError as error:
             raise ParameterError(f"parameter 'extra_plans', entry {label!r}: {error}") from error
+    require(params["authors_stop_test_error"] <= 1, "authors_stop_test_error",
+            f"is a test error in [0, 1]; got {params['authors_stop_test_error']}")
     return params
 
 
@@ -80,6 +89,7 @@ def experiments(p: dict) -> dict[str, dict]:
               "normalisation": p["merit_normalisation"], "resnet_W1_scale": p["resnet_W1_scale"]}
     fnn = {**common, "model": "fnn", "lr": p["lr_fnn"]}
     resnet = {**common, "model": "resnet", "lr": p["lr_resnet"]}
+    authors = {**resnet, "model": "resnet_authors"}
     at = p["insertion_iteration"]
     runs = {
         # Fig. 3.2 (Exp8) and Fig. 3.3a (Exp6)
@@ -91,6 +101,13 @@ def experiments(p: dict) -> dict[str, dict]:
         "ResNet1": spiral_config(widths=[3, 3], **resnet),
         "ResNet2": spiral_config(widths=[3, 3, 3], **resnet),
         "ResNetLI": spiral_config(widths=[3, 3], insert_at=at, **resnet),
+        # Fig. 3.3b on the ResNet of the authors' code (first layer tanh(W x + b), output
+        # bias), the same weight draws seed by seed; their Exp11 script builds ResNet2 from
+        # 2 * fix_width, i.e. with three blocks: run too
+        "ResNet1 authors": spiral_config(widths=[3, 3], **authors),
+        "ResNet2 authors": spiral_config(widths=[3, 3, 3], **authors),
+        "ResNetLI authors": spiral_config(widths=[3, 3], insert_at=at, **authors),
+        "ResNet[3,3,3,3] authors": spiral_config(widths=[3, 3, 3, 3], **authors),
         # Ablation: the larger net with the identity-initialised layer from the start
         # (insertion at iteration 0) separates the effect of the initialisation from that of
         # the insertion time
@@ -256,8 +273,235 @@ def compare(records: dict[str, dict], a: str, b: str, last: int = 50) -> str:
     str
         E.g. ``"-0.0100 ± 0.0020  (first lower in 4/5 seeds)"``.
     """
-    la = np.asarray(records[a]["metrics"]["loss"])[:, -last:].mean(1)
-    lb = np.asarray(records[b]["metrics"]["loss"])[:, -last:].mean(1)
-    mean, half = plots.mean_band((la - lb)[:, None])
-    better = int((la < lb).sum())
-    return f"{mean[0]:+.4f} ± {half[0]:.4f}  (first lower in {better}/{len(la)} seeds)"
+    mean, half, better, n = paired(records, a, b, "loss", last)
+    return f"{mean:+.4f} ± {half:.4f}  (first lower in {better}/{n} seeds)"
+
+
+# What "final" means for a run, per seed. The loop records the loss and the test error of
+# the network *before* each update; ``final_test``/``final_train`` are the errors of the
+# final network, after the last update.
+MEASURES = {
+    "loss": "mean loss of the last {last} iterations",
+    "last loss": "loss at the last iteration",
+    "test error": "mean test error of the last {last} iterations",
+    "final test error": "test error of the final model",
+    "final train error": "training error of the final model",
+}
+
+
+def per_seed(record: dict, measure: str, last: int = 50) -> np.ndarray:
+    """One value per seed of a run's record, by a name of :data:`MEASURES`.
+
+    Parameters
+    ----------
+    record : dict
+        A result record: ``metrics["loss"]``, ``metrics["test_error"]`` [S][T],
+        ``metrics["final_test"]``, ``metrics["final_train"]`` [S].
+    measure : str
+        A key of :data:`MEASURES`.
+    last : int
+        Iterations averaged per seed by ``"loss"`` and ``"test error"``.
+
+    Returns
+    -------
+    numpy.ndarray of shape [S]
+    """
+    m = record["metrics"]
+    if measure in ("loss", "test error"):
+        return np.asarray(m[measure.replace(" ", "_")], dtype=float)[:, -last:].mean(axis=1)
+    if measure == "last loss":
+        return np.asarray(m["loss"], dtype=float)[:, -1]
+    if measure in ("final test error", "final train error"):
+        return np.asarray(m["final_" + measure.split()[1]], dtype=float)
+    raise ValueError(f"measure must be one of {sorted(MEASURES)}, got {measure!r}")
+
+
+def paired(records: dict[str, dict], a: str, b: str, measure: str = "loss",
+           last: int = 50) -> tuple[float, float, int, int]:
+    """Paired difference ``a - b`` of a measure over seeds (paired by position).
+
+    Returns
+    -------
+    mean, half : float
+        Mean of the per-seed differences and its 95 % half-width (t interval).
+    lower, n : int
+        Seeds where ``a`` is lower, and the number of seeds.
+    """
+    va, vb = per_seed(records[a], measure, last), per_seed(records[b], measure, last)
+    mean, half = plots.mean_band((va - vb)[:, None])
+    return float(mean[0]), float(half[0]), int((va < vb).sum()), len(va)
+
+
+def verdict(mean: float, half: float) -> str:
+    """The verdict on the claim "the difference is negative", from its interval:
+    ``"confirmed"`` (entirely below 0), ``"contradicted"`` (entirely above), else
+    ``"not resolved"``."""
+    if mean + half < 0:
+        return "confirmed"
+    if mean - half > 0:
+        return "contradicted"
+    return "not resolved"
+
+
+def claim_table(records: dict[str, dict], pairs: dict[str, tuple[str, str]],
+                measures: tuple[str, ...] = ("loss", "last loss", "final test error"),
+                last: int = 50) -> str:
+    """Paired differences ``a - b`` and the verdict on the claim "a is lower than b".
+
+    Parameters
+    ----------
+    pairs : dict
+        Label -> (a, b), run names of ``records`` with the same seeds.
+    measures : tuple of str
+        Keys of :data:`MEASURES`; a test error is shown in percentage points.
+
+    Returns
+    -------
+    str
+        A header and one line per label and measure: mean ± half-width, the seeds where
+        ``a`` is lower, n, and the verdict.
+    """
+    lines = [f"{'claim: a lower than b':36s} {'measure':39s} {'a - b':>20s}  lower   verdict"]
+    for label, (a, b) in pairs.items():
+        for measure in measures:
+            mean, half, lower, n = paired(records, a, b, measure, last)
+            scale, unit = (100, " pp") if "error" in measure else (1, "")
+            lines.append(f"{label:36s} {MEASURES[measure].format(last=last):39s} "
+                         f"{scale * mean:+8.3f} ± {scale * half:.3f}{unit:3s} "
+                         f"{lower:3d}/{n:<3d} {verdict(mean, half)}")
+    return "\n".join(lines)
+
+
+def final_table(records: dict[str, dict], names: list[str], last: int = 50) -> str:
+    """The final values of runs two ways: the mean of the last ``last`` iterations and the
+    value at the end (the loss at the last iteration; the test error of the final model,
+    after the last update), with the per-seed difference end - mean; each as the mean over
+    seeds ± the 95 % half-width, n seeds.
+
+    Returns
+    -------
+    str
+        A header and one line per run; test errors in %.
+    """
+    columns = [("loss", 1), ("last loss", 1), ("test error", 100), ("final test error", 100)]
+    header = ["loss: last 50", "at the end", "end - last 50", "test %: last 50",
+              "final model", "final - last 50"]
+    lines = [f"{'run':24s} {'n':>3s} " + " ".join(f"{h:>16s}" for h in header)]
+    for name in names:
+        v = {m: scale * per_seed(records[name], m, last) for m, scale in columns}
+        cells = [v["loss"], v["last loss"], v["last loss"] - v["loss"], v["test error"],
+                 v["final test error"], v["final test error"] - v["test error"]]
+        bands = [plots.mean_band(c[:, None]) for c in cells]
+        lines.append(f"{name:24s} {len(cells[0]):3d} " + " ".join(
+            f"{mean[0]:8.{digits}f} ± {half[0]:5.{digits}f}"
+            for (mean, half), digits in zip(bands, [3, 3, 3, 1, 1, 1])))
+    return "\n".join(lines)
+
+
+def spikes(record: dict, at: int, threshold: float = 0.5) -> tuple[int, int]:
+    """Seeds whose loss jumps up by more than ``threshold`` from one iteration to the next
+    at or after iteration ``at`` (the insertion), and the number of seeds.
+
+    Parameters
+    ----------
+    record : dict
+        A result record (``metrics["loss"]`` [S][T]); for a run without insertion ``at`` is
+        the insertion iteration of the runs it is compared with (the control).
+    at : int
+        The first iteration looked at.
+    threshold : float
+        The one-step rise of the loss counted as a spike.
+
+    Returns
+    -------
+    count, n : int
+    """
+    loss = np.asarray(record["metrics"]["loss"], dtype=float)
+    jump = np.diff(loss[:, at:], axis=1).max(axis=1, initial=-np.inf)
+    return int((jump > threshold).sum()), len(loss)
+
+
+def authors_stop(record: dict, target: float = 0.0) -> np.ndarray:
+    """Per seed, the number of iterations the authors' code would have recorded: it checks
+    the test error after every update and ends the run once it is ``<= target``
+    (``wanted_testerror = 0.``), so it records the losses of iterations ``0..t-1`` with ``t``
+    the first update count ``>= 1`` whose network reaches the target; ``T`` if none does.
+
+    The record's ``test_error[t]`` is the error of the network after ``t`` updates (before
+    update ``t``) and ``final_test`` the error after all ``T``.
+
+    Returns
+    -------
+    numpy.ndarray of int, shape [S]
+    """
+    m = record["metrics"]
+    after = np.concatenate([np.asarray(m["test_error"], dtype=float)[:, 1:],
+                            np.asarray(m["final_test"], dtype=float)[:, None]], axis=1)
+    reached = after <= target
+    return np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, after.shape[1])
+
+
+def authors_series(record: dict, metric: str = "loss", target: float = 0.0) -> np.ndarray:
+    """``metric`` [S, T] with NaN from where the authors' early stopping
+    (:func:`authors_stop`) would have ended each seed's run: the paper's figures average
+    these with ``nanmean``, over the runs still going."""
+    values = np.asarray(record["metrics"][metric], dtype=float).copy()
+    stop = authors_stop(record, target)
+    values[np.arange(values.shape[1])[None, :] >= stop[:, None]] = np.nan
+    return values
+
+
+def authors_mean(record: dict, metric: str = "loss", target: float = 0.0) -> np.ndarray:
+    """The curve the paper's figures draw: at each iteration the mean of ``metric`` over the
+    runs the authors' early stopping leaves going (:func:`authors_series`), NaN where none
+    is; shape [T]."""
+    values = authors_series(record, metric, target)
+    going = (~np.isnan(values)).sum(axis=0)
+    total = np.where(np.isnan(values), 0.0, values).sum(axis=0)
+    return np.where(going > 0, total / np.maximum(going, 1), np.nan)
+
+
+def early_stopping_table(records: dict[str, dict], names: list[str],
+                         target: float = 0.0) -> str:
+    """The loss at the last iteration as the paper's figures show it (the ``nanmean`` over
+    the runs the authors' early stopping leaves going, with the 95 % interval over those
+    runs) beside full training (every seed), and how many runs stopped, when (median).
+
+    Returns
+    -------
+    str
+        A header and one line per run.
+    """
+    lines = [f"{'run':24s} {'stopped':>8s} {'median stop':>11s} {'early stopping (n)':>23s} "
+             f"{'full training (n)':>22s}"]
+    for name in names:
+        r = records[name]
+        at_end = authors_series(r, "loss", target)[:, -1]
+        going = ~np.isnan(at_end)
+        stop = authors_stop(r, target)[~going]
+        when = f"{int(np.median(stop)):11d}" if len(stop) else f"{'-':>11s}"
+        shown = f"{'all stopped':>16s} ( 0)"
+        if going.any():
+            mean, half = plots.mean_band(at_end[going][:, None])
+            shown = f"{mean[0]:8.3f} ± {half[0]:5.3f} ({int(going.sum()):2d})"
+        full = per_seed(r, "last loss")
+        full_mean, full_half = plots.mean_band(full[:, None])
+        lines.append(f"{name:24s} {len(stop):3d}/{len(going):<4d} {when} {shown:>23s} "
+                     f"{full_mean[0]:8.3f} ± {full_half[0]:5.3f} ({len(full):2d})")
+    return "\n".join(lines)
+
+
+def float32_spiral_deviation(n_per_class: int = 300, r0: float = 0.5,
+                             turns: float = 1.0) -> float:
+    """Largest coordinate difference between growcore's spiral (float64) and the same
+    formula in float32, as the authors' code evaluates it (the angle ``i * delta_phi`` and
+    its cosine and sine in float32)."""
+    from growcore.data import spiral_points
+
+    X, _ = spiral_points(n_per_class, r0, turns)
+    i = torch.arange(n_per_class, dtype=torch.float32)
+    phi = i * torch.tensor(2 * np.pi * turns / n_per_class, dtype=torch.float32)
+    r = torch.as_tensor(r0 + turns * np.arange(n_per_class) / n_per_class, dtype=torch.float32)
+    arm = torch.stack([r * torch.cos(phi), r * torch.sin(phi)], dim=1)
+    X32 = torch.cat([-arm, arm]).double().numpy()
+    return float(np.abs(X32 - X).max())

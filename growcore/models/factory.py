@@ -5,6 +5,7 @@ example's shape (``(d,)`` for vectors, ``(C, H, W)`` for images); ``options`` ar
 own constructor arguments (``activation`` by name: ``relu``, ``relu1`` (``f'(0) = 1``, for
 GradMax), ``relu6``, ``tanh``; left out, the model's default). Names: ``fnn`` and
 ``resnet_seed_batched`` (SensLI's seed-batched nets, all ``seeds`` in one tensor program),
+``resnet_seed_batched_authors`` (the ResNet of the SensLI authors' code, biases in and out),
 ``mlp``, ``vgg`` (a stage list ``config``), ``vgg11``, ``vgg_staged`` (FRAGrow's
 VGG-a-b-c-d-e), ``resnet``, ``wrn``, ``mobilenet_v1``, ``mobilenet_v2``.
 """
@@ -21,7 +22,11 @@ from growcore.activations import ACTIVATIONS, ReLUWithSlopeAtZero
 from growcore.models.mlp import MLP
 from growcore.models.mobilenet import MobileNetV1, MobileNetV2
 from growcore.models.resnet import WideResNet, resnet
-from growcore.models.seed_batched import SeedBatchedFNN, SeedBatchedResNet
+from growcore.models.seed_batched import (
+    SeedBatchedAuthorsResNet,
+    SeedBatchedFNN,
+    SeedBatchedResNet,
+)
 from growcore.models.vgg import VGG, vgg11, vgg_staged
 
 MODULE_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -64,6 +69,7 @@ def _image(build):
 MODELS: dict[str, Callable] = {
     "fnn": _seed_batched(SeedBatchedFNN),
     "resnet_seed_batched": _seed_batched(SeedBatchedResNet),
+    "resnet_seed_batched_authors": _seed_batched(SeedBatchedAuthorsResNet),
     "mlp": lambda shape, classes, seeds, hidden, **o: MLP([shape[0], *hidden, classes], **o),
     "vgg": _image(lambda shape, classes, config, **o: VGG(config, classes, input_shape=shape,
                                                             **o)),

@@ -237,19 +237,23 @@ class SeedBatchedResNet(SeedBatchedNet):
         if len(set(widths)) != 1:
             raise ValueError(f"widths of a ResNet must all be equal (eq. 2.3), got {widths}")
         h, n_blocks = widths[0], len(widths) - 1
-        per_seed = []
-        for seed in seeds:
-            g = torch.Generator().manual_seed(int(seed))
-            layers = [{"W": default_uniform((h, in_features), in_features, g, dtype)}]
-            for _ in range(n_blocks):
-                layers.append({"W1": default_uniform((h, h), h, g, dtype),
-                               "b": default_uniform((h,), h, g, dtype),
-                               "W2": default_uniform((h, h), h, g, dtype)})
-            layers.append({"W": default_uniform((out_features, h), h, g, dtype)})
-            per_seed.append(layers)
+        per_seed = [cls._draw(h, n_blocks, in_features, out_features,
+                              torch.Generator().manual_seed(int(seed)), dtype) for seed in seeds]
         layers = stack_seeds(per_seed)
         return cls({"input": layers[:1], "blocks": layers[1:-1], "output": layers[-1:]},
                    seeds, activation)
+
+    @staticmethod
+    def _draw(h: int, n_blocks: int, in_features: int, out_features: int,
+              g: torch.Generator, dtype: torch.dtype) -> list[Layer]:
+        """One seed's layers, PyTorch's default distribution, drawn in forward order."""
+        layers = [{"W": default_uniform((h, in_features), in_features, g, dtype)}]
+        for _ in range(n_blocks):
+            layers.append({"W1": default_uniform((h, h), h, g, dtype),
+                           "b": default_uniform((h,), h, g, dtype),
+                           "W2": default_uniform((h, h), h, g, dtype)})
+        layers.append({"W": default_uniform((out_features, h), h, g, dtype)})
+        return layers
 
     @property
     def in_features(self) -> int:
@@ -276,17 +280,22 @@ class SeedBatchedResNet(SeedBatchedNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every seed: x [N, d] or [S, N, d] -> [S, N, c]."""
-        x = self.hidden_states(x)[-1]
-        return _linear(x, self.output[0].W)
+        return self._output_map(self.hidden_states(x)[-1])
 
     def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[x^0, x^1, ..., x^L]`` for every seed (each [S, N, h_k])."""
         states = [_seed_inputs(x, self.n_seeds)]
-        states.append(_linear(states[0], self.input[0].W))
+        states.append(self._input_map(states[0]))
         for block in self.blocks:
             x = states[-1]
             states.append(x + _linear(self.sigma(_linear(x, block.W1, block.b)), block.W2))
         return states
+
+    def _input_map(self, x: torch.Tensor) -> torch.Tensor:
+        return _linear(x, self.input[0].W)                       # eq. (2.3a)
+
+    def _output_map(self, x: torch.Tensor) -> torch.Tensor:
+        return _linear(x, self.output[0].W)                      # eq. (2.3c)
 
     insertion_group = "blocks"
 
@@ -298,6 +307,44 @@ class SeedBatchedResNet(SeedBatchedNet):
         return self.widths()[k - 1]
 
     merit_weight = "W2"
+
+
+class SeedBatchedAuthorsResNet(SeedBatchedResNet):
+    """The residual network of the SensLI authors' public code (``nets.two_weight_resnet``),
+    which differs from eq. (2.3) at both ends.
+
+    ``x^1 = sigma(W^1 x^0 + b^1)``; ``x^k = x^{k-1} + W_2^k sigma(W_1^k x^{k-1} + b^k)`` for
+    k = 2..L; ``x^{L+1} = W^{L+1} x^L + b^{L+1}``: the first layer has a bias and the
+    activation, the output layer a bias (ResNet1: 38 parameters, ResNet2: 59, against Table
+    3.1's 33 and 54). Blocks, insertion positions (between two hidden layers, as the code of
+    2023 and the paper; the code's HEAD also tries after the last block) and the merit (the
+    gradient of the virtual ``W2``) are those of :class:`SeedBatchedResNet`.
+
+    Seed ``s`` draws the weights of eq. (2.3)'s net of seed ``s`` first, then ``b^1`` and
+    ``b^{L+1}``: the two architectures share their weight matrices seed by seed, so runs on
+    them pair by seed.
+
+    Layer groups: ``input`` (``W`` [S, h, d], ``b`` [S, h]), ``blocks``, ``output`` (``W``
+    [S, c, h], ``b`` [S, c]).
+    """
+
+    @staticmethod
+    def _draw(h: int, n_blocks: int, in_features: int, out_features: int,
+              g: torch.Generator, dtype: torch.dtype) -> list[Layer]:
+        layers = SeedBatchedResNet._draw(h, n_blocks, in_features, out_features, g, dtype)
+        layers[0]["b"] = default_uniform((h,), in_features, g, dtype)
+        layers[-1]["b"] = default_uniform((out_features,), h, g, dtype)
+        return layers
+
+    def spec(self) -> dict:
+        return {**super().spec(), "architecture": "authors' code (biases in and out, "
+                                                  "activation after the first layer)"}
+
+    def _input_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sigma(_linear(x, self.input[0].W, self.input[0].b))
+
+    def _output_map(self, x: torch.Tensor) -> torch.Tensor:
+        return _linear(x, self.output[0].W, self.output[0].b)
 
 
 def _check_widths(widths: list[int]) -> None:
