@@ -120,3 +120,13 @@ def final_mean_band(record: dict, metric: str, last: int = 50,
     values = np.asarray(record["metrics"][metric])[:, -last:].mean(axis=1)
     mean, half = mean_band(values[:, None], level)
     return mean[0], half[0]
+
+
+def set_theme() -> None:
+    """The book's plotting theme (seaborn), set in this one place by the chapters' setup:
+    white grid, colour-blind palette, figures at 150 dpi so that two-panel text stays
+    legible at the page's width."""
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 150, "savefig.dpi": 150})
