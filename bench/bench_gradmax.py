@@ -12,12 +12,17 @@ that all the variants see the same load).
    fast solvers' top-k subspace with the SVD's.
 4. The pass-through statistics against the exact (virtual) ones, BatchNorm in train mode and
    without BatchNorm: alignment of the top-k subspaces and ratio of the top singular values.
+5. The teacher-student runs of the chapter (both teachers, GradMax growth, 1000 points,
+   full batch) with many seeds: all seeds as one batched program
+   (:class:`growcore.models.stacked.StackedSeeds`) against one plain MLP per seed, one seed at
+   a time (the chapter's earlier runs); the ratio is the speed-up the chapter spends on seeds.
 
-Run: ``make bench`` or ``.venv/bin/python bench/bench_gradmax.py``.
+Run: ``make bench`` or ``.venv/bin/python bench/bench_gradmax.py`` (``--only 5``: part 5).
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 
 import torch
@@ -160,12 +165,45 @@ def exactness(split: Split) -> None:
                   f"{min(p.amount, *G['virtual'].shape):3d} {align:14.3f} {ratio:20.1f}")
 
 
+TS_SEEDS = 100  # seeds of part 5 (the chapter's ts_paired_seeds)
+TS_STEPS = 300  # steps of part 5's runs, one growth half-way (the chapter: 1500, 3500)
+
+
+def teacher_student(trials: int = 2) -> None:
+    """Part 5: a teacher-student run of ``TS_SEEDS`` seeds, batched and one seed at a time."""
+    from growcore.chapters.gradmax import ts_config
+    from growcore.driver import run_experiment
+
+    print(f"\n  teacher-student, {TS_SEEDS} seeds, {TS_STEPS} steps, GradMax growth at step "
+          f"{TS_STEPS // 2}: wall time of the run")
+    for teacher, start, units in (([20, 10, 10], 5, 1), ([100, 50, 10], 25, 5)):
+        configs = {mode: ts_config("GradMax", teacher, start, TS_STEPS // 2, TS_STEPS,
+                                   list(range(TS_SEEDS)), units=units, growths=1,
+                                   seed_batched=mode == "batched", series=False,
+                                   grad_norm=False)
+                   for mode in ("batched", "one seed at a time")}  # the latter: plain MLPs
+        runs = {mode: functools.partial(run_experiment, config, save=False, progress=False,
+                                        device="cpu") for mode, config in configs.items()}
+        t = best_in_turns(runs, trials)
+        name = ":".join(map(str, teacher))
+        print(f"    teacher {name:10s} batched {t['batched']:6.1f} s, one seed at a time "
+              f"{t['one seed at a time']:6.1f} s: speed-up "
+              f"{t['one seed at a time'] / t['batched']:4.1f} "
+              f"({1000 * t['batched'] / TS_STEPS / TS_SEEDS:.3f} ms per seed and step batched)")
+
+
 def footnote() -> None:
     print("\n  k: the units of the site's first growth, at most min(o R, D) directions (the "
           "classifier site has 10: its alignment is 1 by construction)")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--only", choices=["5"], help="run part 5 alone")
+    if parser.parse_args().only == "5":
+        print(f"{torch.get_num_threads()} CPU threads")
+        teacher_student()
+        return
     torch.manual_seed(0)
     device = resolve_device("auto")
     model = vgg11(WIDTH, activation=functools.partial(ReLUWithSlopeAtZero, 1.0)).to(device)
@@ -177,6 +215,7 @@ def main() -> None:
     parts(model, split, t_step, proposals)
     exactness(split)
     footnote()
+    teacher_student()
 
 
 if __name__ == "__main__":

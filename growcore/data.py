@@ -1,8 +1,9 @@
 """Data sets of the study.
 
-The spiral set is the one of the SensLI paper (section 3, Fig. 3.1), generated exactly as in
-the authors' public code, but split by a seeded permutation so that the split is the same on
-every machine (the public code's split depends on file-system order).
+The spiral set is the one of the SensLI paper (section 3, Fig. 3.1), by the formula of the
+authors' public code (which evaluates it in float32, this module in float64: differences of a
+few float32 rounding units, about 4e-7), split by a seeded permutation so that the split is
+the same on every machine (the public code's split depends on file-system order).
 """
 
 from __future__ import annotations
@@ -87,8 +88,10 @@ def spiral(n_per_class: int = 300, test_fraction: float = 0.25, seed: int = 0,
     With the defaults: 600 points, 450 for training and 150 for testing, as in the paper.
     NumPy's PCG64 generator gives the same permutation on every platform.
     """
-    if n_per_class < 1:
-        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+    if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 1:
+        raise ValueError(f"n_per_class must be an int >= 1, got {n_per_class!r}")
+    if not all(math.isfinite(v) for v in (r0, turns)):
+        raise ValueError(f"r0 and turns must be finite, got r0={r0}, turns={turns}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     X, y = spiral_points(n_per_class, r0, turns)
@@ -112,9 +115,57 @@ def teacher_student(widths: list[int], n: int, seed: int, dtype=torch.float32):
     """
     from growcore.models.mlp import teacher  # models build on data, not the reverse
 
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (points of each part) must be an int >= 1, got {n!r}")
+    if len(widths) < 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
+                              for w in widths):
+        raise ValueError(f"widths must be at least two ints >= 1 (input ... output), "
+                         f"got {widths!r}")
     g = torch.Generator().manual_seed(seed)
     net = teacher(widths, g)
     X = torch.randn(2 * n, widths[0], generator=g)
     with torch.no_grad():
         y = net(X)
     return Split(X[:n], y[:n], X[n:], y[n:]).to("cpu", dtype), net
+
+
+@dataclass(frozen=True)
+class SeedSplits(Split):
+    """The data of every seed of a seed-batched model where each seed draws its own (the
+    driver's ``data.per_seed``, e.g. a teacher per seed): every tensor ``[S, N, ...]``, seed
+    ``i``'s split at index ``i`` (:meth:`seed`). The seed-batched models read per-seed inputs
+    ``[S, N, d]`` and the losses per-seed targets, so such a split trains full-batch only."""
+
+    @classmethod
+    def stack(cls, splits: list[Split]) -> SeedSplits:
+        """One seed-batched split from one split per seed (equal shapes)."""
+        def stacked(name: str) -> torch.Tensor | None:
+            values = [getattr(split, name) for split in splits]
+            if all(value is None for value in values):
+                return None
+            shapes = {None if value is None else tuple(value.shape) for value in values}
+            if len(shapes) != 1:
+                raise ValueError(f"the seeds' {name} differ in shape: {sorted(map(str, shapes))}")
+            return torch.stack(values)
+        return cls(**{f.name: stacked(f.name) for f in dataclasses.fields(Split)})
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.X_train)
+
+    def seed(self, i: int) -> Split:
+        """Seed ``i``'s split."""
+        return Split(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[i]
+                        for f in dataclasses.fields(Split)})
+
+    def chunks(self, size: int):
+        raise ValueError("per-seed data: iterate over the examples of one seed's split "
+                         "(SeedSplits.seed(i))")
+
+    def minibatches(self, batch_size: int | None, generator: torch.Generator | None = None):
+        """The full batch of every seed; minibatches are refused (each seed would need its own
+        order to match its run alone)."""
+        if batch_size is not None and batch_size < self.X_train.shape[1]:
+            raise ValueError("per-seed data of a seed-batched model trains full-batch "
+                             f"(batch_size None), got batch_size {batch_size}")
+        yield self.X_train, self.y_train

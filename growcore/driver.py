@@ -23,11 +23,24 @@ Options beyond the obvious ones:
   ``float64``) for the generated data sets.
 - ``model.per_seed: {"3": {option: value}}``: options of one seed's model (e.g. the static
   baseline of each seed's grown size); ``model.dtype`` for the seed-batched nets.
+- ``model.seed_batched: true``: an ordinary model's seeds trained as one tensor program
+  (:class:`growcore.models.stacked.StackedSeeds`; seed ``s`` initialised as it is alone,
+  after ``torch.manual_seed(init_seed + s)``). With ``data.per_seed`` the seeds' data are
+  stacked (:class:`growcore.data.SeedSplits`, full-batch training only).
 - ``train.init_seed``: seed ``s``'s model is initialised after ``torch.manual_seed(init_seed +
   s)``; ``train.test_in_loop: false`` measures the test set only once, after training;
   ``train.log: epoch`` keeps the per-iteration series (loss, learning rate, size, cost) at
   the first iteration of every epoch only; ``train.step_metrics: [grad_norm]`` records a
   metric after every backward pass (:data:`STEP_METRICS`).
+- ``train.precision`` (``float32``, ``bfloat16``, ``float16``; default ``auto``: bfloat16
+  autocast for a convolution net on a GPU, else float32), ``train.channels_last`` (default:
+  for a convolution net on a GPU) and ``train.compile`` (a ``torch.compile`` backend, default
+  ``none``): how the training step runs (:func:`gpu_settings`; the record's ``execution``).
+- ``train.checkpoint_every: N`` (or ``run_experiment(checkpoint_every=N)``, ``--checkpoint-
+  every N``): a checkpoint every N iterations, from which a rerun of the same configuration
+  continues bit for bit (:func:`growcore.train.train`); not part of the configuration hash.
+  Every record has a ``status``: ``complete``, or ``interrupted`` for a run that stopped
+  part-way (with its checkpoints; :func:`saved_record` never takes one).
 
 Each seed trains its own network; a seed-batched model trains all seeds as one tensor program
 (seeds whose growth chooses sites of different shapes are rerun grouped by their choice).
@@ -74,15 +87,16 @@ import yaml
 from torch import nn
 
 from growcore import results
-from growcore.data import Split, spiral, teacher_student
+from growcore.data import SeedSplits, Split, spiral, teacher_student
 from growcore.losses import LOSSES
 from growcore.models.factory import MODELS, ModelError, build_named
 from growcore.models.seed_batched import SeedBatchedNet
 from growcore.models.sites import width_sites
+from growcore.models.stacked import StackedSeeds
 from growcore.models.staged import depths, is_staged, unwrap
 from growcore.ops import GrowThenCosine, width
 from growcore.params import ParameterError, Spec, check, require
-from growcore.plan import GrowthPlan, PlanError, apply_growth
+from growcore.plan import GrowthPlan, PlanError
 from growcore.registry import build_plan
 from growcore.runtime import resolve_device
 from growcore.train import DivergentGrowth, evaluate, train
@@ -94,7 +108,11 @@ CHAPTERS = ("sensli", "gradmax", "nagn", "fragrow")
 
 
 def gradient_norm(model) -> torch.Tensor:
-    """Norm of the flattened gradient of all parameters (GradMax Fig. 2b), one seed."""
+    """Norm of the flattened gradient of all parameters (GradMax Fig. 2b), per seed: ``[S]``
+    for a seed-batched model (parameters ``[S, ...]``), ``[1]`` else."""
+    if isinstance(model, SeedBatchedNet):
+        return torch.stack([p.grad.flatten(1).pow(2).sum(1) for p in model.parameters()]
+                           ).sum(0).sqrt()
     return torch.cat([p.grad.flatten() for p in model.parameters()]).norm().view(1)
 
 
@@ -115,6 +133,14 @@ def _nagn_observer(per_epoch: int, layers: str = "activation_input", window: int
 
 # observers by name: what a run reads during its normal backward passes, without a plan
 OBSERVERS: dict[str, Callable] = {"nagn": _nagn_observer}
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+COMPILERS = ("none", "inductor", "aot_eager", "eager")  # torch.compile backends
+# options of how a run executes on its hardware; absent, they follow the device (auto): on a
+# GPU a convolution net trains under bf16 autocast in channels-last format
+GPU_TRAIN = {"precision": Spec(str, choices=PRECISIONS), "channels_last": Spec(bool),
+             "compile": Spec(str, choices=COMPILERS)}
+# options that change no result: not part of the configuration a record is identified by
+RUNTIME_TRAIN = {"checkpoint_every": Spec(int, minimum=1)}
 TRAIN = {
     "iterations": Spec(int, minimum=1), "epochs": Spec(float, minimum=0),
     "batch_size": Spec(int, minimum=1), "lr": Spec(float, minimum=0),
@@ -125,7 +151,7 @@ TRAIN = {
     "test_in_loop": Spec(bool), "eval_batch_size": Spec(int, minimum=1),
     "log": Spec(str, choices=("iteration", "epoch")),
     "step_metrics": Spec(list, item=str, choices=tuple(STEP_METRICS)),
-    "observe": Spec(dict)}
+    "observe": Spec(dict), **GPU_TRAIN, **RUNTIME_TRAIN}
 TRAIN_DEFAULTS = {"batch_size": None, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
                   "loss": "cross_entropy", "schedule": "constant", "init_seed": 0,
                   "test_in_loop": True, "eval_batch_size": 2048, "log": "iteration",
@@ -180,8 +206,24 @@ def model_spec(spec: dict, seeds: list[int]) -> dict:
     return {**{k: v for k, v in spec.items() if k != "per_seed"}, **own}
 
 
-def build_model(spec: dict, split: Split, seeds: list[int]) -> nn.Module:
-    """The model of ``spec`` (``{"name": ..., options}``) for the data of ``split``."""
+def build_model(spec: dict, split: Split, seeds: list[int],
+                init_seed: int | None = None) -> nn.Module:
+    """The model of ``spec`` (``{"name": ..., options}``) for the data of ``split``; with
+    ``seed_batched``, seed ``s``'s network built after ``torch.manual_seed(init_seed + s)``."""
+    if isinstance(split, SeedSplits):
+        split = split.seed(0)  # the shapes of one seed's data
+    if spec.get("seed_batched"):
+        require(spec["seed_batched"] is True, "model.seed_batched", "must be true or absent")
+        one = {k: v for k, v in spec.items() if k != "seed_batched"}
+        nets = []
+        for seed in seeds:
+            if init_seed is not None:
+                torch.manual_seed(init_seed + seed)
+            nets.append(build_model(one, split, [seed]))
+        try:
+            return StackedSeeds(nets, seeds)
+        except ValueError as error:
+            raise ParameterError(f"model.seed_batched: {error}") from error
     spec = model_spec(spec, seeds)
     name = spec.get("name")
     if name not in MODELS:
@@ -287,7 +329,7 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
                    preset: str = "custom", device: str = "auto", progress: bool = True,
                    save: bool = True, check_only: bool = False, keep_models: bool = False,
                    reuse: bool = False, batched: bool = True, rank: int = 0,
-                   world: int = 1) -> dict:
+                   world: int = 1, checkpoint_every: int | None = None) -> dict:
     """Run a configuration for all its seeds; return (and save) its record.
 
     Parameters
@@ -304,7 +346,9 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
         validated configuration without training.
     keep_models : bool
         Keep a copy of every seed's model just before each growth, as
-        ``record["models_at_growth"]`` (per seed; not saved).
+        ``record["models_at_growth"]`` (per seed), and the final models as
+        ``record["final_models"]`` (per seed; a seed-batched model is the same object for all
+        its seeds); neither is saved.
     batched : bool
         False trains a seed-batched model one seed at a time (the reference the batched
         program must reproduce).
@@ -315,9 +359,18 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
     rank, world : int
         This process's rank and the number of processes (torchrun, see
         :func:`growcore.distributed.init_from_environment`).
+    checkpoint_every : int, optional
+        Write a checkpoint every this many iterations (default ``train.checkpoint_every``;
+        None: no checkpoints), in ``<directory>/checkpoints/`` under the run's name,
+        configuration hash and seeds (:func:`checkpoint_path`; one file per rank under
+        torchrun). A run whose checkpoint exists continues from it, bit for bit; a run that
+        stops early (an exception, an interrupt) leaves its checkpoints and a record with
+        ``status: interrupted`` (never reused); a complete record removes them.
     """
     config = validate(config)
-    stored = config if world == 1 else {**config, "world_size": world}  # a different run
+    every = checkpoint_every or config["train"].get("checkpoint_every")
+    stored = identity(config)
+    stored = stored if world == 1 else {**stored, "world_size": world}  # a different run
     if reuse:
         found = saved_record(config, directory or results.results_dir())
         if found is not None:
@@ -329,8 +382,8 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
     first_split = (split or load_data(config["data"], seeds[0])).to(device)
     first = build_model(config["model"], first_split, seeds[:1])  # checked before compute
     batched = batched and isinstance(first, SeedBatchedNet)
-    require(not (batched and per_seed_data), "data.per_seed",
-            "a seed-batched model trains all seeds on the same data")
+    require(not (batched and per_seed_data) or config["train"].get("batch_size") is None,
+            "data.per_seed", "a seed-batched model trains per-seed data full-batch only")
     require(world == 1 or not batched, "world", "seed-batched models run in one process")
     setup = _setup(config["train"], len(first_split.y_train) // world, world)
     plan = _plan(config["plan"], {**setup.context, "seed": seeds[0]})
@@ -343,13 +396,20 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
         return config
     pending = [list(seeds)] if batched else [[s] for s in seeds]
     start, done, regrouped = time.perf_counter(), [], False
+    hardware = gpu_settings(config["train"], device, first)
+    folder = Path(directory or results.results_dir()) / "checkpoints"
+    paths = {}
     while pending:
         group = pending.pop(0)
-        data = (first_split if not per_seed_data or group[0] == seeds[0]
-                else load_data(config["data"], group[0]).to(device))
+        data = (first_split if not per_seed_data or group == seeds[:1]
+                else load_data(config["data"], group[0]).to(device) if len(group) == 1
+                else SeedSplits.stack([load_data(config["data"], s) for s in group]).to(device))
+        if every:
+            paths[tuple(group)] = checkpoint_path(folder, stored, group, rank, world)
         try:
             done.append(_run_group(config, group, data, setup, device, progress, rank, world,
-                                   keep_models))
+                                   keep_models, checkpoint=paths.get(tuple(group)),
+                                   checkpoint_every=every, hardware=hardware))
         except DivergentGrowth as divergence:
             if len(group) == 1:
                 raise
@@ -359,32 +419,96 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
                 choices.setdefault(repr(site), []).append(seed)
             pending.extend(choices.values())
             regrouped = True
+        except BaseException as error:  # stopped part-way: say so, keep the checkpoints
+            if every and save and rank == 0:
+                _interrupted(config, stored, preset, device, start, done, paths, error,
+                             directory)
+            raise
     metrics = _merge(done, seeds)
     record = results.make_record(
         config["name"], stored, preset=preset, seeds=seeds, device=device,
         wall_time_s=time.perf_counter() - start, iterations=setup.iterations,
         iterations_per_epoch=setup.per_epoch, batched_seeds=batched,
         seed_groups=[run["seed"] for run in done], regrouped=regrouped, world_size=world,
-        metrics=metrics)
+        status="complete", execution={**hardware, "checkpoint_every": every},
+        resumed_at=[run["resumed_at"] for run in done], metrics=metrics)
     record = results.store(record, directory, save and rank == 0)
+    for path in paths.values():  # the run is complete: nothing to resume from
+        path.unlink(missing_ok=True)
     if keep_models:
-        record["models_at_growth"] = [m for run in done for m in run["models_at_growth"]]
+        where = [next((run, run["seed"].index(s)) for run in done if s in run["seed"])
+                 for s in seeds]
+        record["models_at_growth"] = [run["models_at_growth"][i] for run, i in where]
+        record["final_models"] = [run["final_model_object"] for run, _ in where]
     return record
 
 
 def saved_record(config: dict, directory) -> dict | None:
-    """The newest record of ``config`` saved in ``directory``, by one process or by a torchrun
-    launch of any size (whose stored configuration adds ``world_size``); None if none is."""
+    """The newest complete record of ``config`` saved in ``directory``, by one process or by
+    a torchrun launch of any size (whose stored configuration adds ``world_size``); None if
+    none is (a record of an interrupted run is never taken)."""
     config = validate(config)
-    want = results.config_hash(config)
+    want = results.config_hash(identity(config))
     paths = sorted(Path(directory).glob(f"{glob.escape(config['name'])}--*.json"),
                    key=lambda path: path.name.rsplit("--", 1)[-1], reverse=True)
     for path in paths:
         record = results.load_record(path)
         own = {k: v for k, v in record["config"].items() if k != "world_size"}
-        if results.config_hash(own) == want:
+        if results.config_hash(own) == want and results.is_complete(record):
             return record
     return None
+
+
+def identity(config: dict) -> dict:
+    """The validated ``config`` without the options that change no result
+    (:data:`RUNTIME_TRAIN`, e.g. ``checkpoint_every``): what a record is identified by."""
+    train_spec = {k: v for k, v in config["train"].items() if k not in RUNTIME_TRAIN}
+    return {**config, "train": train_spec}
+
+
+def checkpoint_path(folder, stored: dict, seeds: list[int], rank: int = 0,
+                    world: int = 1) -> Path:
+    """``<folder>/<name>--<config hash>--seeds-<s1-s2...>[--rank<r>of<w>].pt``: the
+    checkpoint of one seed group of a run (``stored``: its configuration as recorded)."""
+    ranked = f"--rank{rank}of{world}" if world > 1 else ""
+    stem = f"{stored['name']}--{results.config_hash(stored)}--seeds-"
+    return Path(folder) / f"{stem}{'-'.join(map(str, seeds))}{ranked}.pt"
+
+
+def gpu_settings(train_spec: dict, device: str, model: nn.Module) -> dict:
+    """How the training step runs (:data:`GPU_TRAIN`): the options given, else by the
+    device: a convolution net on a GPU trains under bfloat16 autocast in the channels-last
+    format; any other model, or on the CPU, in float32 (contiguous); nothing is compiled."""
+    conv_on_gpu = (torch.device(device).type == "cuda"
+                   and any(isinstance(m, nn.Conv2d) for m in model.modules()))
+    precision = train_spec.get("precision", "auto")
+    if precision == "auto":
+        precision = "bfloat16" if conv_on_gpu else "float32"
+    return {"precision": precision,
+            "channels_last": train_spec.get("channels_last", conv_on_gpu),
+            "compile": train_spec.get("compile", "none")}
+
+
+def _interrupted(config, stored, preset, device, start, done, paths, error, directory):
+    """Save the record of a run that stopped before its end: what it completed, where its
+    checkpoints are and how far they got (``status: interrupted``)."""
+    reached = {" ".join(map(str, group)): _checkpoint_iteration(path)
+               for group, path in paths.items()}
+    record = results.make_record(
+        config["name"], stored, preset=preset, seeds=config["seeds"], device=device,
+        wall_time_s=time.perf_counter() - start, status="interrupted",
+        error=f"{type(error).__name__}: {error}",
+        completed_groups=[run["seed"] for run in done],
+        checkpoints={" ".join(map(str, group)): str(path) for group, path in paths.items()},
+        checkpoint_iteration=reached)
+    results.store(record, directory)
+
+
+def _checkpoint_iteration(path: Path) -> int | None:
+    """The iterations a checkpoint has done (None: no checkpoint was written)."""
+    from growcore.checkpoint import load
+
+    return load(path, map_location="cpu")["iteration"] if path.exists() else None
 
 
 def _schedule(name: str, iterations: int, plan: GrowthPlan | None) -> Callable | None:
@@ -396,20 +520,25 @@ def _schedule(name: str, iterations: int, plan: GrowthPlan | None) -> Callable |
     return None
 
 
-def _distributed(model: nn.Module, plan: GrowthPlan | None, device: str):
-    from growcore.distributed import Agreed, distributed_op, wrap
+def _distributed(model: nn.Module, plan: GrowthPlan | None, device: str,
+                 channels_last: bool = False):
+    from growcore.distributed import synchronised, wrap
 
     if plan is not None:
-        plan = GrowthPlan(Agreed(plan.when, device), plan.where, plan.how,
-                          op=distributed_op(apply_growth), lr_factor=plan.lr_factor)
+        plan = synchronised(plan, device)
+    if channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)  # before DDP records the strides
     return wrap(model), plan
 
 
 def _run_group(config: dict, seeds: list[int], split: Split, setup: Setup, device: str,
-               progress: bool, rank: int, world: int, keep_models: bool = False) -> dict:
+               progress: bool, rank: int, world: int, keep_models: bool = False,
+               checkpoint: Path | None = None, checkpoint_every: int | None = None,
+               hardware: dict | None = None) -> dict:
     t = config["train"]
     torch.manual_seed(t["init_seed"] + seeds[0])
-    model = build_model(config["model"], split, seeds).to(device)
+    model = build_model(config["model"], split, seeds, t["init_seed"]).to(device)
+    hardware = hardware or gpu_settings(t, device, model)
     plan = _plan(config["plan"], {**setup.context, "seed": seeds[0]})
     schedule = _schedule(t["schedule"], setup.iterations, plan)
     policy = plan.when if plan is not None else None
@@ -419,7 +548,7 @@ def _run_group(config: dict, seeds: list[int], split: Split, setup: Setup, devic
         from growcore.distributed import shard
 
         loop_split = shard(loop_split, rank, world)
-        model, plan = _distributed(model, plan, device)
+        model, plan = _distributed(model, plan, device, hardware["channels_last"])
     kept: list = []
     observed = {label: _observer(spec, setup.per_epoch) for label, spec in t["observe"].items()}
     augment = None
@@ -434,13 +563,18 @@ def _run_group(config: dict, seeds: list[int], split: Split, setup: Setup, devic
         lr_schedule=schedule, augment=augment, seed=seeds[0], progress=progress,
         observers=list(observed.values()),
         before_growth=(lambda m: kept.append(copy.deepcopy(m))) if keep_models else None,
-        desc=f"{config['name']} seeds {seeds}")
+        desc=f"{config['name']} seeds {seeds}", checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, precision=hardware["precision"],
+        channels_last=hardware["channels_last"],
+        compile=False if hardware["compile"] == "none" else hardware["compile"])
     if world > 1:
         final = unwrap(final)
     n, size = len(seeds), t["eval_batch_size"]
-    test = (evaluate(final, split.X_test, split.y_test, t["loss"], size).tolist()
+    per_seed = isinstance(split, SeedSplits)
+    test = (evaluate(final, split.X_test, split.y_test, t["loss"], size, per_seed).tolist()
             if split.X_test is not None else [None] * n)
-    train_metric = evaluate(final, split.X_train, split.y_train, t["loss"], size).tolist()
+    train_metric = evaluate(final, split.X_train, split.y_train, t["loss"], size,
+                            per_seed).tolist()
     h = history.as_dict()
     every = setup.per_epoch if t["log"] == "epoch" else 1
     shared = {key: h[key][::every] for key in ("n_params", "cost_flops", "wall_time", "lr")}
@@ -457,6 +591,8 @@ def _run_group(config: dict, seeds: list[int], split: Split, setup: Setup, devic
             "when": [report()] * n, "growth_time": [growth_time] * n,
             "step_time": [float(np.diff(h["wall_time"]).mean()) if setup.iterations > 1
                           else None] * n,
+            "final_model_object": final if keep_models else None,
+            "resumed_at": h["resumed_at"],
             "observed": [{label: o.nagn().tolist() for label, o in observed.items()}] * n,
             "events": _events_of(h["events"], seeds), "models_at_growth": [kept] * n}
 
@@ -482,7 +618,9 @@ def _evals_of(evals: list[dict], i: int) -> list[dict]:
 
 def _merge(done: list[dict], seeds: list[int]) -> dict:
     """Metrics of seed groups, one entry per seed in the order of ``seeds``; events flat."""
-    keys = [k for k in done[0] if k not in ("seed", "events", "models_at_growth")]
+    keys = [k for k in done[0]
+            if k not in ("seed", "events", "models_at_growth", "final_model_object",
+                         "resumed_at")]
     position = {seed: (g, i) for g, run in enumerate(done) for i, seed in enumerate(run["seed"])}
     merged = {key: [done[position[s][0]][key][position[s][1]] for s in seeds] for key in keys}
     merged["seed"] = list(seeds)
@@ -516,6 +654,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--check", action="store_true",
                         help="check the configuration, data, model and plan; train nothing")
+    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                        help="write a checkpoint every N iterations; a rerun continues from it")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="train.precision of every run (default: the configuration's, "
+                        "else auto: bfloat16 for convolution nets on a GPU)")
+    parser.add_argument("--compile", choices=COMPILERS, default=None,
+                        help="train.compile of every run: a torch.compile backend or none")
     args = parser.parse_args(argv)
     if (args.config is None) == (args.chapter is None):
         parser.error("give a configuration file or --chapter, not both")
@@ -523,10 +668,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.chapter:
             return _run_chapter(args, parser)
         preset = args.preset or "custom"
-        config = yaml.safe_load(Path(args.config).read_text())
+        config = _with_options(yaml.safe_load(Path(args.config).read_text()), args)
         out = args.out or results.results_dir() / "driver" / preset
         record = run_experiment(config, directory=out, preset=preset, device=args.device,
-                                check_only=args.check)
+                                check_only=args.check, checkpoint_every=args.checkpoint_every)
     except (OSError, ParameterError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -554,12 +699,22 @@ def _run_chapter(args, parser) -> int:
         device = f"cuda:{torch.cuda.current_device()}"
     out = args.out or results.results_dir() / args.chapter / preset
     for name in args.experiment or runs:
-        record = run_experiment(runs[name], directory=out, preset=preset, device=device,
-                                progress=rank == 0, check_only=args.check, rank=rank,
-                                world=world)
+        record = run_experiment(_with_options(runs[name], args), directory=out, preset=preset,
+                                device=device, progress=rank == 0, check_only=args.check,
+                                rank=rank, world=world,
+                                checkpoint_every=args.checkpoint_every)
         if rank == 0 and not args.check:
             print(f"{name}: {record['wall_time_s']:.0f} s -> {record.get('path')}")
     return 0
+
+
+def _with_options(config: dict, args) -> dict:
+    """``config`` with the command line's ``--precision`` and ``--compile`` (if given)."""
+    given = {key: value for key, value in (("precision", args.precision),
+                                           ("compile", args.compile)) if value is not None}
+    if not given or not isinstance(config, dict):
+        return config
+    return {**config, "train": {**config.get("train", {}), **given}}
 
 
 if __name__ == "__main__":

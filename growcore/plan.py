@@ -150,7 +150,8 @@ class GrowthPlan:
             return self.where(model, self.candidates(model), probe)
         proposals, infos = [], []
         for i, (where, _) in enumerate(self.seed_parts(model)):
-            found, info = where(model.seed_module(i), self.candidates(model), probe)
+            own = probe.for_seed(i) if hasattr(probe, "for_seed") else probe  # its data
+            found, info = where(model.seed_module(i), self.candidates(model), own)
             proposals += [Proposal(p.site, p.amount, seed=i) for p in found]
             infos.append(info)
         return proposals, {"per_seed": infos}

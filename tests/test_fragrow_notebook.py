@@ -28,9 +28,8 @@ def _smoke_records(smoke_book):
 def test_smoke_records_are_complete(smoke_book):
     p = fragrow.notebook_parameters("smoke")
     records = _smoke_records(smoke_book)
-    methods = fragrow.methods(p["tables"], p["alphas"])
-    assert len(records) == len(methods) * len(p["regimes"]) * p["n_seeds"]
-    assert {r["name"] for r in records} == set(fragrow.experiments(p))
+    assert p["extra_plans"], "the smoke preset runs an extra plan (every code path)"
+    assert sorted(r["name"] for r in records) == sorted(fragrow.experiments(p))
     for record in records:
         config, metrics = record["config"], record["metrics"]
         assert record["preset"] == "smoke" and record["environment"]["code_version"]
@@ -42,7 +41,11 @@ def test_smoke_records_are_complete(smoke_book):
         assert metrics["cost_flops"][0][-1] < metrics["total_cost_flops"][0]
         small = record["name"].endswith(" small s0")
         expected = p["seed_blocks"] if small else p["target_blocks"]
-        assert fragrow.final_depths(record) == expected, record["name"]
+        if any(f" {label} s" in record["name"] for label in p["extra_plans"]):
+            # another where-criterion: the same number of blocks, not the same stages
+            assert sum(fragrow.final_depths(record)) == sum(expected), record["name"]
+        else:
+            assert fragrow.final_depths(record) == expected, record["name"]
 
 
 def test_smoke_growth_completes_before_the_finetuning(smoke_book):

@@ -8,6 +8,8 @@
   the auxiliary-kernel construction agrees with it where it is exact (no padding).
 """
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -308,3 +310,97 @@ def test_image_parameters_that_do_not_fit_stop_before_compute(tmp_path):
     with pytest.raises(ParameterError, match="parameter 'data_root': no cifar100 folder at"):
         _image_parameters(image_dataset="cifar100", data_root=str(tmp_path / "absent"),
                           cifar_models=["wrn28"])
+
+
+def test_epsilon_sides_follow_the_public_code_or_the_paper():
+    """Issue 11, item 1: by default epsilon is on the incoming side (0, the public code's
+    grow_epsilon) with the configs' outgoing scale (VGG 'fixed' 0.5 per unit, WRN and
+    MobileNet 0.5 x the mean norm); the paper's sentence (outgoing norm epsilon) is one
+    parameter away and, with cifar_both_sides, runs beside it under its own name. The
+    outgoing-side configuration is the earlier chapter's (its records stay reproducible)."""
+    from growcore.chapters import gradmax as chapter
+
+    p = _image_parameters(cifar_models=["vgg11"], cifar_epsilon=1e-4)
+    assert p["cifar_epsilon_side"] == "incoming" and p["cifar_both_sides"]
+    assert chapter.cifar_how("GradMax", p, "vgg11") == {"name": "gradmax", "batch_size": 4,
+                                                         "value": 0.5}
+    assert chapter.cifar_how("Random", p, "wrn28") == {"name": "random", "scale": 0.5}
+    assert chapter.cifar_how("GradMax", p, "vgg11", "outgoing") == {
+        "name": "gradmax", "batch_size": 4, "value": 1e-4}  # as before issue 11
+    assert chapter.cifar_how("Firefly-Opt", p, "vgg11", "incoming") == chapter.cifar_how(
+        "Firefly-Opt", p, "vgg11", "outgoing")
+    assert chapter.cifar_how("GradMax", {**p, "cifar_statistics": "virtual"}, "vgg11")[
+        "statistics"] == "virtual"
+    runs = chapter.cifar_experiments(p)
+    assert set(runs) == {f"vgg11 {m}" for m in chapter.CIFAR_METHODS} | {
+        "vgg11 Random [epsilon outgoing]", "vgg11 GradMax [epsilon outgoing]"}
+    paper = runs["vgg11 GradMax [epsilon outgoing]"]
+    assert paper["plan"]["how"] == {"name": "gradmax", "batch_size": 4, "value": 1e-4}
+    assert chapter.paper_method(chapter.method_of(paper)) == "GradMax"
+    flipped = chapter.cifar_experiments({**p, "cifar_epsilon_side": "outgoing"})
+    assert flipped["vgg11 GradMax"]["plan"]["how"]["value"] == 1e-4
+    assert flipped["vgg11 GradMax [epsilon incoming]"]["plan"]["how"]["value"] == 0.5
+    assert set(chapter.cifar_experiments({**p, "cifar_both_sides": False})) == {
+        f"vgg11 {m}" for m in chapter.CIFAR_METHODS}
+    assert chapter.side_norm("vgg11", "outgoing", p) == TargetNorm(value=1e-4)
+
+
+def test_teacher_student_pairs_random_and_gradmax_over_many_batched_seeds():
+    from growcore.chapters import gradmax as chapter
+    from growcore.runner import notebook_parameters
+
+    p = chapter.validate(notebook_parameters("gradmax", n_seeds=5, ts_paired_seeds=100))
+    runs = chapter.ts_experiments(p)
+    for size in ("small", "large"):
+        for method in chapter.TS_METHODS:
+            config = runs[f"{size} {method}"]
+            paired = method in chapter.PAIRED_METHODS
+            assert config["seeds"] == list(range(100 if paired else 5))
+            assert config["model"].get("seed_batched", False) is paired
+    assert runs["public GradMax"]["seeds"] == list(range(5))
+
+
+def test_paired_difference_interval_and_verdicts():
+    import numpy as np
+    from scipy import stats
+
+    from growcore.chapters.gradmax import paired_difference
+
+    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 3.1, 3.9, 5.2]
+    d = paired_difference(a, b)
+    diffs = [-1.0, -1.1, -0.9, -1.2]
+    half = stats.t.ppf(0.975, 3) * np.std(diffs, ddof=1) / 2
+    assert d["mean"] == pytest.approx(-1.05) and d["high"] == pytest.approx(-1.05 + half)
+    assert d["verdict"] == "confirmed" and d["a_lower"] == 4 and d["n"] == 4
+    assert paired_difference(b, a)["verdict"] == "contradicted"
+    assert paired_difference([1.0, 2.0, 3.0], [2.0, 1.0, 3.5])["verdict"] == "not resolved"
+    with pytest.raises(ValueError, match="one entry per seed"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_site_report_measures_what_theory_predicts():
+    """On a small VGG11 with train-mode BatchNorm: the new units' incoming gradient is
+    linear in their outgoing norm (the two epsilon sides differ by the ratio of the norms),
+    the used directions reach at most the best gradient norm, and the exact statistic is
+    aligned with itself (alignment 1, fraction 1)."""
+    from growcore.chapters import gradmax as chapter
+    from growcore.models.vgg import vgg11
+
+    torch.manual_seed(0)
+    relu1 = functools.partial(ReLUWithSlopeAtZero, 1.0)
+    model = vgg11(0.0625, 10, batch_norm=True, activation=relu1).to(DTYPE)
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(8, 3, 32, 32, generator=g, dtype=DTYPE),
+                  torch.randint(0, 10, (8,), generator=g))
+    proposals = GrowToWidths(2.0, 2)(model, width_sites(model))[0]
+    sides = {"incoming": TargetNorm(value=0.5), "outgoing": TargetNorm(value=1e-4)}
+    rows = chapter.site_report(model, split, proposals, sides)
+    assert len(rows) == 8 and sum(r["pooling"] for r in rows) == 5  # 4 stage ends, the head
+    for row in rows:
+        ratio = row["gradient incoming"] / row["gradient outgoing"]
+        assert ratio == pytest.approx(0.5 / 1e-4, rel=1e-6), row["site"]
+        assert 0 <= row["alignment"] <= 1 + 1e-9 and 0 < row["fraction"] <= 1 + 1e-9
+    assert min(r["fraction"] for r in rows if r["pooling"]) < 1 - 1e-3  # pass-through misses
+    exact = chapter.site_report(model, split, proposals[:2], sides, statistics="virtual")
+    assert all(r["alignment"] == pytest.approx(1) and r["fraction"] == pytest.approx(1)
+               for r in exact)

@@ -337,3 +337,29 @@ def test_fast_solvers_give_gradmax_the_same_units_up_to_sign(solver):
     reference, found = units["svd"], units[solver]
     signs = (reference * found).sum(dim=(0, 2)).sign()
     assert torch.allclose(found * signs[None, :, None], reference, atol=SIGN_TOL)
+
+
+def test_strided_auxiliary_kernel_corrected_is_exact_and_the_public_rule_is_not():
+    """Appendix B's auxiliary kernel on a producer of stride s1: kernel k1 + s1 (k2 - 1) with
+    taps s1 a + u gives growcore's exact matrix; the public code's k1 + k2 - 1 with taps a + u
+    does for s1 = 1 only (issue 11: measured 129 % error on a stride-2 producer)."""
+    from growcore.chapters.gradmax import strided_auxiliary_report
+    from growcore.stats.gradmax import strided_auxiliary_matrix
+
+    for stride in (1, 2, 3):
+        found = strided_auxiliary_report(stride=stride, size=18, n=16, k=2)
+        assert found["corrected"]["error"] < EXACT_TOL, stride
+        assert found["corrected"]["fraction"] == pytest.approx([1, 1])
+        if stride == 1:
+            assert found["public"]["error"] < EXACT_TOL
+        else:
+            assert found["public"]["error"] > 0.5 and min(found["public"]["fraction"]) < 0.95
+    padded = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Conv2d(3, 4, 3),
+                           nn.Flatten())
+    site = WidthSite("0", None, "1")
+    data = collect(padded, [site], Split(torch.randn(4, 2, 9, 9), torch.randn(4, 36)),
+                   "mse")[site]
+    with pytest.raises(ValueError, match="unpadded"):
+        strided_auxiliary_matrix(padded, site, data)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        strided_auxiliary_matrix(padded, site, data, rule="tf")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from growcore.chapters.gradmax import CIFAR_METHODS, TS_METHODS
+from growcore.chapters.gradmax import CIFAR_METHODS, PAIRED_METHODS, TS_METHODS
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,17 @@ def test_smoke_records_are_complete(smoke_book):
     records = _records(smoke_book)
     expected = ([f"{size} {m}" for size in ("small", "large") for m in TS_METHODS]
                 + [f"vgg11 {m}" for m in CIFAR_METHODS] + ["Fig2a", "Fig2c", "Fig6 alignment"])
-    assert set(expected) <= set(records)
+    sides = ["vgg11 Random [epsilon outgoing]", "vgg11 GradMax [epsilon outgoing]"]
+    assert set(expected + sides + ["GradMax growth sites"]) <= set(records)
+    for size in ("small", "large"):  # the paired runs: batched, their own number of seeds
+        for method in PAIRED_METHODS:
+            record = records[f"{size} {method}"]
+            assert record["batched_seeds"] and len(record["seeds"]) == 3  # smoke: 3
+    assert records["small GradMaxOpt"]["seeds"] == [0, 1]  # n_seeds, one seed at a time
+    assert records["vgg11 GradMax [epsilon outgoing]"]["config"]["plan"]["how"]["value"] == 1e-4
+    sites = records["GradMax growth sites"]["metrics"]["sites"]
+    assert len(sites) == 8 and all(s["gradient incoming"] > s["gradient outgoing"] > 0
+                                   for s in sites)
     for name in expected[:10]:
         record = records[name]
         config, metrics, plan = record["config"], record["metrics"], record["config"]["plan"]

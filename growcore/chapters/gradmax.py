@@ -5,8 +5,13 @@ teacher's width under a fixed schedule; the methods differ only in HOW the new n
 CIFAR-10 (section 4.2): VGG11 and WRN-28-1 grown from width x0.25 to full width.
 
 Every run is a configuration of :mod:`growcore.driver` (:func:`experiments`), named
-``"<group> <method>"`` (``"small GradMax"``, ``"vgg11 Firefly-Opt"``): the method of a record is
-the second part of its name (:func:`method_of`).
+``"<group> <method>"`` (``"small GradMax"``, ``"vgg11 Firefly-Opt"``, ``"vgg11 GradMax [epsilon
+outgoing]"``): the method of a record is the second part of its name (:func:`method_of`).
+
+Analyses beside the runs: paired differences over seeds (:func:`paired_difference`), the new
+units' gradient norms and the exact-vs-used statistics at every growth site of a CIFAR model
+(:func:`site_report`), and the auxiliary kernel of a strided producer
+(:func:`strided_auxiliary_report`).
 """
 
 from __future__ import annotations
@@ -16,20 +21,27 @@ import time
 import numpy as np
 import torch
 
-from growcore import papers, results
+from growcore import papers, plots, results
 from growcore.data import Split
 from growcore.driver import load_data
 from growcore.how import GradMax, GradMaxOpt, Random
-from growcore.images import CIFAR10_MEAN, CIFAR10_STD
+from growcore.images import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    DataError,
+    DataNotFoundError,
+    dataset_sizes,
+)
 from growcore.losses import LOSSES
 from growcore.models.sites import Proposal
 from growcore.ops import widen
-from growcore.params import Spec, require
+from growcore.params import ParameterError, Spec, check_model, require
 from growcore.params import validate as validate_all
 from growcore.paths import dataset_dir, missing_dataset_message
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES
-from growcore.stats import Probe, TargetNorm, collect, gradient_matrix
+from growcore.stats import Probe, TargetNorm, collect, gradient_matrix, outgoing_norms
+from growcore.stats.gradmax import STATISTICS, strided_auxiliary_matrix
 from growcore.train import train
 
 PRESETS = ("smoke", "cpu", "gpu")
@@ -44,6 +56,15 @@ MODELS_FOR = {"cifar10": CIFAR_MODELS, "cifar100": CIFAR_MODELS, "imagenet": ("m
 PAPER_TABLE1 = PAPER_NUMBERS["table1"]
 PAPER_SCHEDULE = PAPER_NUMBERS["schedule"]
 TS_EVAL_EVERY = 50  # test MSE of the teacher-student runs every this many steps
+PAIRED_METHODS = ("Random", "GradMax")  # teacher-student runs with ts_paired_seeds, batched
+# Where epsilon goes in the image runs. "incoming": the public code (epsilon scales the new
+# incoming weights and every growth config sets grow_epsilon = 0: they are zero; the outgoing
+# weights get the configs' scale); "outgoing": the paper's sentence (outgoing norm epsilon).
+EPSILON_SIDES = ("incoming", "outgoing")
+SIDE_METHODS = ("Random", "GradMax")  # the image runs made under both sides (cifar_both_sides)
+# Outgoing norm of a new unit in the public growth configs: VGG's grow_scale_method "fixed"
+# (each unit 0.5), WRN's and MobileNet's "mean_norm" (0.5 x the mean of the existing units').
+CODE_SCALE = {"vgg11": {"value": 0.5}, "wrn28": {"scale": 0.5}, "mobilenet_v1": {"scale": 0.5}}
 
 PARAMETERS = {
     "preset": Spec(str, choices=PRESETS),
@@ -52,9 +73,11 @@ PARAMETERS = {
     "ts_small_interval": Spec(int, minimum=1),
     "ts_large_steps": Spec(int, minimum=2),
     "ts_large_interval": Spec(int, minimum=1),
-    "ts_lr": Spec(float, minimum=0),
+    "ts_lr": Spec(float, greater_than=0),
     "ts_points": Spec(int, minimum=2),
-    "norm_scale": Spec(float, minimum=0),
+    "norm_scale": Spec(float, greater_than=0),
+    "ts_paired_seeds": Spec(int, minimum=2),
+    "random_directions": Spec(int, minimum=1),
     "opt_steps": Spec(int, minimum=1),
     "firefly_steps": Spec(int, minimum=1),
     "fig2_repeats": Spec(int, minimum=1),
@@ -67,7 +90,7 @@ PARAMETERS = {
     "cifar_models": Spec(list, item=str, choices=CIFAR_MODELS),
     "cifar_seeds": Spec(int, minimum=1),
     "cifar_width": Spec(float, minimum=0.01, maximum=1),
-    "cifar_factor": Spec(float, minimum=1),
+    "cifar_factor": Spec(float, greater_than=1),
     "cifar_train": Spec(int, minimum=0),
     "cifar_test": Spec(int, minimum=0),
     "cifar_steps": Spec(int, minimum=1),
@@ -75,10 +98,13 @@ PARAMETERS = {
     "cifar_interval": Spec(int, minimum=1),
     "cifar_growths": Spec(int, minimum=1),
     "cifar_batch_size": Spec(int, minimum=1),
-    "cifar_lr_vgg": Spec(float, minimum=0),
-    "cifar_lr_wrn": Spec(float, minimum=0),
-    "cifar_lr_mobilenet": Spec(float, minimum=0),
-    "cifar_epsilon": Spec(float, minimum=0),
+    "cifar_lr_vgg": Spec(float, greater_than=0),
+    "cifar_lr_wrn": Spec(float, greater_than=0),
+    "cifar_lr_mobilenet": Spec(float, greater_than=0),
+    "cifar_epsilon": Spec(float, greater_than=0),
+    "cifar_epsilon_side": Spec(str, choices=EPSILON_SIDES),
+    "cifar_both_sides": Spec(bool),
+    "cifar_statistics": Spec(str, choices=STATISTICS),
     "cifar_batch_norm": Spec(bool),
     "cifar_inverse": Spec(bool),
     "cifar_augment": Spec(bool),
@@ -90,26 +116,79 @@ PARAMETERS = {
 
 
 def validate(namespace: dict) -> dict:
-    """Check the notebook's parameters (picked by name from ``namespace``) before compute."""
+    """Check the notebook's parameters (picked by name from ``namespace``) before compute:
+    every value, their combinations and, where image runs are asked for, the data set
+    against what it holds, each model against the image size, and that every growth adds
+    units (:func:`_check_image_runs`)."""
     p = validate_all({k: namespace[k] for k in PARAMETERS if k in namespace}, PARAMETERS)
     for size in ("small", "large"):
         steps, interval = p[f"ts_{size}_steps"], p[f"ts_{size}_interval"]
         require(5 * interval < steps, f"ts_{size}_interval",
                 f"5 growths every {interval} steps must fit in ts_{size}_steps ({steps})")
-    last = p["cifar_first_growth"] + (p["cifar_growths"] - 1) * p["cifar_interval"]
-    require(not p["cifar_models"] or last < p["cifar_steps"], "cifar_interval",
-            f"the last growth (step {last}) must come before cifar_steps ({p['cifar_steps']})")
+    require(max(p["alignment_batch_sizes"]) <= p["ts_points"], "alignment_batch_sizes",
+            f"batch sizes must not exceed ts_points ({p['ts_points']}); got "
+            f"{p['alignment_batch_sizes']}")
+    if p["cifar_models"]:
+        _check_image_runs(p)
+    return p
+
+
+def _check_image_runs(p: dict) -> None:
+    steps, first = p["cifar_steps"], p["cifar_first_growth"]
+    require(first < steps, "cifar_first_growth",
+            f"the first growth (step {first}) must come before cifar_steps ({steps})")
+    last = first + (p["cifar_growths"] - 1) * p["cifar_interval"]
+    require(last < steps, "cifar_interval",
+            f"the last growth (step {last} = cifar_first_growth + (cifar_growths - 1) x "
+            f"cifar_interval) must come before cifar_steps ({steps}); got cifar_interval "
+            f"{p['cifar_interval']}, cifar_growths {p['cifar_growths']}")
     dataset, fitting = p["image_dataset"], MODELS_FOR[p["image_dataset"]]
     require(all(m in fitting for m in p["cifar_models"]), "cifar_models",
             f"{p['cifar_models']} do not all fit image_dataset {dataset!r}; valid: "
             f"{list(fitting)}")
-    if p["cifar_models"] and dataset != "cifar10":
+    if dataset != "cifar10":
         missing = missing_dataset_message(dataset, p["data_root"])
         require(missing is None, "data_root", missing or "")
-    require(max(p["alignment_batch_sizes"]) <= p["ts_points"], "alignment_batch_sizes",
-            f"batch sizes must not exceed ts_points ({p['ts_points']})")
-    require(p["ts_lr"] > 0, "ts_lr", "the learning rate must be positive")
-    return p
+    where = "cifar_archive" if dataset == "cifar10" else "data_root"
+    try:
+        n_train, n_test = dataset_sizes(dataset, image_data(p).get("root"),
+                                        p["cifar_archive"] or None)
+    except (DataNotFoundError, DataError) as error:
+        raise ParameterError(f"parameter {where!r}: {error}") from error
+    for name, available in (("cifar_train", n_train), ("cifar_test", n_test)):
+        part = "training" if name == "cifar_train" else "test"
+        require(p[name] <= available, name, f"must be at most the {available} {part} images "
+                f"of {dataset} (0: all of them); got {p[name]}")
+    used = p["cifar_train"] or n_train
+    require(p["cifar_batch_size"] <= used, "cifar_batch_size",
+            f"must not exceed the {used} training images; got {p['cifar_batch_size']}")
+    shape = (3, p["image_size"], p["image_size"]) if dataset == "imagenet" else (3, 32, 32)
+    for model in p["cifar_models"]:
+        section = cifar_model(model, p["cifar_width"], p)
+        options = {k: v for k, v in section.items() if k != "name"}
+        check_model("cifar_width", p["cifar_width"], section["name"], options, shape, 10)
+        _check_growth_adds_units(model, section["name"], options, shape, p)
+
+
+def _check_growth_adds_units(model: str, name: str, options: dict, shape, p: dict) -> None:
+    """Refuse a ``cifar_factor``/``cifar_growths`` under which a growth of GrowToWidths
+    (every site from its width w to round(w (1 + (factor - 1) k / growths)) at growth k)
+    adds no unit to the model at ``cifar_width``: its records would call it grown."""
+    from growcore.models.factory import build_named
+    from growcore.models.sites import width_sites
+    from growcore.ops.widen import width
+
+    net = build_named(name, shape, 10, **options)
+    widths = [width(net, site) for site in {s.producer: s for s in width_sites(net)}.values()]
+    factor, growths = p["cifar_factor"], p["cifar_growths"]
+    target = [sum(round(w * (1 + (factor - 1) * k / growths)) for w in widths)
+              for k in range(growths + 1)]
+    empty = [k for k in range(1, growths + 1) if target[k] <= target[k - 1]]
+    require(not empty, "cifar_factor",
+            f"{model} at cifar_width {p['cifar_width']} grown to cifar_factor {factor} in "
+            f"cifar_growths {growths} adds no unit at growth {empty[0] if empty else 0} "
+            f"(of {growths}); a larger cifar_factor or fewer cifar_growths add units at every "
+            "growth")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,14 +200,22 @@ TS_HOW = {"Random": "random", "GradMaxOpt": "gradmax_opt", "GradMax": "gradmax"}
 
 def method_of(record: dict) -> str:
     """The method of a run of this chapter: the second part of its name (``"small GradMax"``
-    -> ``"GradMax"``)."""
+    -> ``"GradMax"``, ``"vgg11 GradMax [epsilon outgoing]"`` -> ``"GradMax [epsilon
+    outgoing]"``)."""
     return record["name"].split(" ", 1)[1]
+
+
+def paper_method(method: str) -> str:
+    """The paper's name of a method of :func:`method_of` (``"GradMax [epsilon outgoing]"`` ->
+    ``"GradMax"``)."""
+    return method.split(" [", 1)[0]
 
 
 def ts_config(method: str, teacher_widths: list[int], start_hidden: int, interval: int,
               steps: int, seeds: list[int], lr: float = 0.1, units: int = 1,
               growths: int = 5, n_points: int = 1000, norm_scale: float = 0.5,
-              opt_steps: int = 100) -> dict:
+              opt_steps: int = 100, seed_batched: bool = False, series: bool = True,
+              grad_norm: bool = True) -> dict:
     """The driver configuration of one teacher-student run (section 4.1): ``growths`` times
     ``units`` new hidden units, every ``interval`` steps from step ``interval`` on; full-batch
     gradient descent on the MSE, the test MSE every :data:`TS_EVAL_EVERY` steps and the
@@ -137,7 +224,11 @@ def ts_config(method: str, teacher_widths: list[int], start_hidden: int, interva
     Seed s fixes the teacher and the data (``data.per_seed``) and the student's initial
     weights (``init_seed``), so every method of a seed starts from the same network.
     Baseline-Big starts at the teacher's hidden width; the new units' outgoing weights have
-    ``norm_scale`` times the mean norm of the existing ones.
+    ``norm_scale`` times the mean norm of the existing ones. ``seed_batched``: all seeds as one
+    tensor program (:class:`growcore.models.stacked.StackedSeeds`, each seed's data stacked),
+    which reproduces the runs one seed at a time (``tests/test_stacked.py``). ``series=False``
+    measures the test MSE of the final model only, ``grad_norm=False`` records no gradient
+    norm (smaller records for many seeds).
     """
     if method not in TS_METHODS:
         raise ValueError(f"method must be one of {TS_METHODS}, got {method!r}")
@@ -152,10 +243,12 @@ def ts_config(method: str, teacher_widths: list[int], start_hidden: int, interva
     return {"name": method, "seeds": list(seeds),
             "data": {"name": "teacher_student", "per_seed": True,
                      "teacher": list(teacher_widths), "n_points": n_points},
-            "model": {"name": "mlp", "hidden": [hidden], "activation": "relu1"},
+            "model": {"name": "mlp", "hidden": [hidden], "activation": "relu1",
+                      **({"seed_batched": True} if seed_batched else {})},
             "train": {"iterations": steps, "lr": lr, "loss": "mse",
                       "eval_every": TS_EVAL_EVERY, "init_seed": TS_INIT_SEED,
-                      "step_metrics": ["grad_norm"]},
+                      **({"step_metrics": ["grad_norm"]} if grad_norm else {}),
+                      **({} if series else {"test_in_loop": False})},
             "plan": plan}
 
 
@@ -168,22 +261,27 @@ def new_unit_gradient_norm(model, how, split: Split) -> float:
     return float(grown.get_submodule(site.producer).weight.grad[-1].norm())
 
 
-def _models_at_growth(record: dict):
-    """(seed, its data, its models just before each growth) of a teacher-student record run
-    with ``keep_models=True``."""
-    for seed, models in zip(record["seeds"], record["models_at_growth"]):
-        yield seed, load_data(record["config"]["data"], seed), models
+def _models_at_growth(record: dict, n_seeds: int | None = None):
+    """(seed, its data, its models just before each growth) of the first ``n_seeds`` seeds
+    (default all) of a teacher-student record run with ``keep_models=True``; a seed-batched
+    run's models give the seed's own network."""
+    for seed, models in list(zip(record["seeds"], record["models_at_growth"]))[:n_seeds]:
+        own = [m.seed_module(m.seeds.index(seed)) if hasattr(m, "seed_module") else m
+               for m in models]
+        yield seed, load_data(record["config"]["data"], seed), own
 
 
-def fig2a(record: dict, repeats: int, norm_scale: float, opt_steps: int) -> dict:
+def fig2a(record: dict, repeats: int, norm_scale: float, opt_steps: int,
+          n_seeds: int | None = None) -> dict:
     """Gradient norm of one new unit grown from the model before every growth of a Random run
-    (Fig. 2a; the record of :func:`growcore.driver.run_experiment` with ``keep_models``).
+    (Fig. 2a; the record of :func:`growcore.driver.run_experiment` with ``keep_models``), for
+    its first ``n_seeds`` seeds.
 
     Random and GradMaxOpt are stochastic: ``repeats`` draws each.
     """
     out = {"GradMax": [], "GradMaxOpt": [], "Random": []}
     norm = TargetNorm(scale=norm_scale)
-    for _, split, models in _models_at_growth(record):
+    for _, split, models in _models_at_growth(record, n_seeds):
         out["GradMax"].append([new_unit_gradient_norm(m, GradMax("mse", norm=norm), split)
                                for m in models])
         for method, make in (("Random", lambda r: Random(norm, seed=r)),
@@ -194,13 +292,14 @@ def fig2a(record: dict, repeats: int, norm_scale: float, opt_steps: int) -> dict
     return out  # method -> [seed][growth] (GradMax) or [seed][growth][repeat]
 
 
-def fig2c(record: dict, steps: int, norm_scale: float, lr: float) -> list:
-    """From the model before every growth (see :func:`fig2a`), grow one unit by GradMax and by
-    Random, train ``steps`` more steps each, and return ``L(f_r) - L(f_g)`` per step:
-    [seed][growth][step] (Fig. 2c)."""
+def fig2c(record: dict, steps: int, norm_scale: float, lr: float,
+          n_seeds: int | None = None) -> list:
+    """From the model before every growth (see :func:`fig2a`; its first ``n_seeds`` seeds),
+    grow one unit by GradMax and by Random, train ``steps`` more steps each, and return
+    ``L(f_r) - L(f_g)`` per step: [seed][growth][step] (Fig. 2c)."""
     gaps = []
     norm = TargetNorm(scale=norm_scale)
-    for seed, split, models in _models_at_growth(record):
+    for seed, split, models in _models_at_growth(record, n_seeds):
         per_growth = []
         for model in models:
             losses = {}
@@ -236,21 +335,72 @@ def minibatch_alignment(model, split: Split, batch_sizes: list[int], draws: int,
 
 
 def ts_experiments(p: dict) -> dict[str, dict]:
-    """The teacher-student runs of Figs. 2-3, name -> driver configuration."""
+    """The teacher-student runs of Figs. 2-3, name -> driver configuration.
+
+    Random and GradMax (:data:`PAIRED_METHODS`) run ``ts_paired_seeds`` seeds as one batched
+    program, paired by seed (the same teacher, data and initial student); the other methods
+    and the public teacher run ``n_seeds`` seeds one at a time, the paper's setting, with the
+    configurations of the earlier 5-seed records.
+    """
     seeds = list(range(p["n_seeds"]))
     common = {"seeds": seeds, "lr": p["ts_lr"], "n_points": p["ts_points"],
               "norm_scale": p["norm_scale"], "opt_steps": p["opt_steps"]}
+    # the paired runs keep what the chapter reads: losses, and gradient norms for Fig. 2b
+    paired = {**common, "seeds": list(range(p["ts_paired_seeds"])), "seed_batched": True,
+              "series": False}
     runs = {}
     for method in TS_METHODS:
+        own = paired if method in PAIRED_METHODS else common
         runs[f"small {method}"] = ts_config(method, [20, 10, 10], 5, p["ts_small_interval"],
-                                            p["ts_small_steps"], **common)
+                                            p["ts_small_steps"], **own)
+        large = {**own, "grad_norm": False} if method in PAIRED_METHODS else own
         runs[f"large {method}"] = ts_config(method, [100, 50, 10], 25, p["ts_large_interval"],
-                                            p["ts_large_steps"], units=5, **common)
+                                            p["ts_large_steps"], units=5, **large)
     # the public notebook's teacher is 10:10:10, the paper's 20:10:10
     for method in ("Baseline-Big", "Random", "GradMax"):
         runs[f"public {method}"] = ts_config(method, [10, 10, 10], 5, p["ts_small_interval"],
                                              p["ts_small_steps"], **common)
     return {name: {**config, "name": name} for name, config in runs.items()}
+
+
+def paired_difference(a, b, level: float = 0.95) -> dict:
+    """Paired differences ``a - b`` over seeds (``a[i]`` and ``b[i]`` from the same seed): the
+    mean, its t interval at ``level``, the seeds where ``a`` is lower, n, and the verdict on the
+    claim "a is lower than b": ``"confirmed"`` (interval below 0), ``"contradicted"`` (above),
+    else ``"not resolved"``."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired values need one entry per seed each, got {a.shape} and "
+                         f"{b.shape}")
+    mean, half = (float(v[0]) for v in plots.mean_band((a - b)[:, None], level))
+    verdict = ("confirmed" if mean + half < 0 else "contradicted" if mean - half > 0
+               else "not resolved")
+    return {"mean": mean, "low": mean - half, "high": mean + half, "level": level,
+            "a_lower": int((a < b).sum()), "n": len(a), "verdict": verdict}
+
+
+def paired_table(records: dict[str, dict], a: str, b: str, groups: tuple[str, ...],
+                 subsets: tuple[tuple[int | None, float], ...] = ((None, 0.95),)) -> str:
+    """``a - b`` (methods, e.g. GradMax - Random) of the runs ``"<group> <method>"`` of every
+    group, paired by seed, on the final training loss and the final test MSE (the final model,
+    after the last update), for each (first n seeds or all, interval level) of ``subsets``."""
+    lines = [f"{'teacher':10s} {'measure':20s} {'seeds':>5s} {'level':>5s} "
+             f"{a + ' - ' + b:>26s} {a + ' lower':>14s}  verdict on '{a} lower'"]
+    for group in groups:
+        ra, rb = records[f"{group} {a}"], records[f"{group} {b}"]
+        common = [s for s in ra["seeds"] if s in rb["seeds"]]
+        teacher = ":".join(map(str, ra["config"]["data"]["teacher"]))
+        for measure, key in (("final training loss", "final_train"),
+                             ("final test MSE", "final_test")):
+            va = dict(zip(ra["seeds"], ra["metrics"][key]))
+            vb = dict(zip(rb["seeds"], rb["metrics"][key]))
+            for n, level in subsets:
+                chosen = common[:n]
+                d = paired_difference([va[s] for s in chosen], [vb[s] for s in chosen], level)
+                lines.append(f"{teacher:10s} {measure:20s} {d['n']:5d} {level:5.0%} "
+                             f"{d['mean']:+10.4f} [{d['low']:+.4f}, {d['high']:+.4f}] "
+                             f"{d['a_lower']:9d}/{d['n']:<4d}  {d['verdict']}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,30 +447,50 @@ def cifar_model(model: str, width: float, p: dict) -> dict:
             "mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}
 
 
-def cifar_how(method: str, p: dict) -> dict:
-    """Section 4.2's HOW by registry name: outgoing weights of norm ``cifar_epsilon`` for all
-    methods (Firefly needs them non-zero); with ``cifar_inverse`` (Table 2) outgoing weights
-    zero and GradMaxOpt replaces the SVD."""
+def cifar_how(method: str, p: dict, model: str = "vgg11", side: str | None = None) -> dict:
+    """Section 4.2's HOW by registry name, incoming weights of new units zero.
+
+    ``side`` (default ``cifar_epsilon_side``, :data:`EPSILON_SIDES`) places epsilon for
+    Random and GradMax: ``"incoming"``, as the public code does (epsilon on the incoming
+    weights, 0 in every growth config; outgoing weights at the config's scale,
+    :data:`CODE_SCALE`), or ``"outgoing"``, the paper's sentence (outgoing norm
+    ``cifar_epsilon``). Firefly-Opt starts from outgoing weights of norm ``cifar_epsilon``
+    either way (it needs them non-zero). With ``cifar_inverse`` (Table 2) outgoing weights
+    are zero and GradMaxOpt replaces the SVD. GradMax reads ``cifar_statistics``.
+    """
     batch, eps, scale = p["cifar_batch_size"], p["cifar_epsilon"], p["norm_scale"]
+    side = side or p["cifar_epsilon_side"]
+    if side not in EPSILON_SIDES:
+        raise ValueError(f"side must be one of {EPSILON_SIDES}, got {side!r}")
     if p["cifar_inverse"] and method == "GradMax":
         return {"name": "gradmax_opt", "batch_size": batch, "scale": scale, "inverse": True,
                 "steps": p["opt_steps"]}
     if p["cifar_inverse"] and method == "Random":
         return {"name": "random", "scale": scale, "inverse": True}
+    norm = CODE_SCALE[model] if side == "incoming" else {"value": eps}
+    statistics = p.get("cifar_statistics", "passthrough")
     if method == "GradMax":
-        return {"name": "gradmax", "batch_size": batch, "value": eps}
+        return {"name": "gradmax", "batch_size": batch, **norm,
+                **({"statistics": statistics} if statistics != "passthrough" else {})}
     if method == "Random":
-        return {"name": "random", "value": eps}
+        return {"name": "random", **norm}
     if method == "Firefly-Opt":
         return {"name": "firefly_opt", "batch_size": batch, "scale": scale, "epsilon": eps,
                 "steps": p["firefly_steps"]}
     raise ValueError(f"{method!r} does not grow")
 
 
-def cifar_config(model: str, method: str, p: dict) -> dict:
+def side_label(side: str) -> str:
+    """The suffix of a run made with epsilon on ``side`` other than the chapter's default."""
+    return f" [epsilon {side}]"
+
+
+def cifar_config(model: str, method: str, p: dict, side: str | None = None) -> dict:
     """The driver configuration of one image run: ``model`` at width ``cifar_width`` grown
     ``cifar_factor`` times wider (Baseline-Big starts at the final width) with SGD momentum 0.9,
-    weight decay 5e-4 and a cosine schedule; the test set is evaluated once, at the end."""
+    weight decay 5e-4 and a cosine schedule; the test set is evaluated once, at the end.
+    ``side``: epsilon on that side (:func:`cifar_how`) instead of ``cifar_epsilon_side``; the
+    name says so (:func:`side_label`)."""
     if method not in CIFAR_METHODS:
         raise ValueError(f"method must be one of {CIFAR_METHODS}, got {method!r}")
     width = p["cifar_width"] * (p["cifar_factor"] if method == "Baseline-Big" else 1)
@@ -333,8 +503,10 @@ def cifar_config(model: str, method: str, p: dict) -> dict:
                          "start": p["cifar_first_growth"], "count": growths},
                 "where": {"name": "grow_to_widths", "factor": p["cifar_factor"],
                           "growths": growths},
-                "how": cifar_how(method, p)}
-    return {"name": f"{model} {method}", "seeds": list(range(p["cifar_seeds"])),
+                "how": cifar_how(method, p, model, side)}
+    other = side is not None and side != p["cifar_epsilon_side"]
+    return {"name": f"{model} {method}" + (side_label(side) if other else ""),
+            "seeds": list(range(p["cifar_seeds"])),
             "data": image_data(p), "model": cifar_model(model, width, p),
             "train": {"iterations": p["cifar_steps"], "batch_size": p["cifar_batch_size"],
                       "lr": lr, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
@@ -344,9 +516,155 @@ def cifar_config(model: str, method: str, p: dict) -> dict:
 
 def cifar_experiments(p: dict) -> dict[str, dict]:
     """The CIFAR-10 runs of Table 1 (and Table 2 with ``cifar_batch_norm``/``cifar_inverse``),
-    name -> driver configuration."""
-    return {f"{model} {method}": cifar_config(model, method, p)
-            for model in p["cifar_models"] for method in CIFAR_METHODS}
+    name -> driver configuration; with ``cifar_both_sides`` (not with ``cifar_inverse``) also
+    Random and GradMax with epsilon on the other side (:data:`SIDE_METHODS`)."""
+    runs = {}
+    other = next(s for s in EPSILON_SIDES if s != p["cifar_epsilon_side"])
+    for model in p["cifar_models"]:
+        for method in CIFAR_METHODS:
+            runs[f"{model} {method}"] = cifar_config(model, method, p)
+        if p.get("cifar_both_sides") and not p["cifar_inverse"]:
+            for method in SIDE_METHODS:
+                config = cifar_config(model, method, p, other)
+                runs[config["name"]] = config
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# What the image runs do at a growth step
+
+
+def side_norm(model: str, side: str, p: dict) -> TargetNorm:
+    """The outgoing norm of new units of ``model`` with epsilon on ``side``
+    (:func:`cifar_how`)."""
+    return TargetNorm(**CODE_SCALE[model]) if side == "incoming" else TargetNorm(
+        value=p["cifar_epsilon"])
+
+
+def first_growth(model, p: dict) -> list:
+    """The proposals of the first growth of the image runs on ``model`` (GrowToWidths:
+    every site by its share of ``cifar_factor`` over ``cifar_growths`` growths)."""
+    from growcore.models.sites import width_sites
+    from growcore.where import GrowToWidths
+
+    return GrowToWidths(p["cifar_factor"], p["cifar_growths"])(model, width_sites(model))[0]
+
+
+def paired_lines(records: dict[str, dict], pairs: dict[str, tuple[str, str]],
+                 key: str = "final_test", scale: float = 100.0, unit: str = " pp",
+                 level: float = 0.95) -> str:
+    """``a - b`` of the metric ``key`` (times ``scale``) for each label -> (run a, run b) of
+    ``pairs``, paired by seed, with its interval and the verdict on "a is lower"."""
+    lines = [f"{'claim: a lower than b':44s} {'a - b':>28s}  a lower  verdict"]
+    for label, (a, b) in pairs.items():
+        va = dict(zip(records[a]["seeds"], records[a]["metrics"][key]))
+        vb = dict(zip(records[b]["seeds"], records[b]["metrics"][key]))
+        seeds = [seed for seed in va if seed in vb]
+        d = paired_difference([scale * va[s] for s in seeds], [scale * vb[s] for s in seeds],
+                              level)
+        lines.append(f"{label:44s} {d['mean']:+8.2f}{unit} [{d['low']:+.2f}, {d['high']:+.2f}] "
+                     f"{d['a_lower']:4d}/{d['n']:<3d}  {d['verdict']}")
+    return "\n".join(lines)
+
+
+def _alignment(A: torch.Tensor, B: torch.Tensor) -> float:
+    """Mean squared cosine of the principal angles between two orthonormal ``[m, k]`` sets
+    (1: the same subspace)."""
+    return float((A.T @ B).pow(2).sum() / A.shape[1])
+
+
+def site_report(model, split: Split, proposals: list, sides: dict[str, TargetNorm],
+                statistics: str = "passthrough") -> list[dict]:
+    """At one growth step of an image run (``proposals``, every site at once, as
+    GrowToWidths proposes them), on the training batch ``split`` (the model in train mode):
+
+    * ``alignment``: of the top-k subspace of the matrix the run uses (``statistics``) with
+      that of the exact matrix (``statistics="virtual"``: the grown network's gradient
+      through max pooling and train-mode BatchNorm), k the site's new units;
+    * ``fraction``: the gradient norm the used directions reach on the exact matrix over the
+      best one, ``||G^T U_used|| / ||G^T U_exact||``;
+    * per side (label -> outgoing norm, e.g. epsilon on the incoming or the outgoing side):
+      the outgoing norm ``c`` of each new unit and the mean over the new units of the norm of
+      the gradient of a unit's incoming weights, measured by autograd in the network grown at
+      every site by GradMax;
+    * ``existing``: the mean gradient norm of an existing unit's incoming weights (scale).
+    """
+    loss = "cross_entropy"
+    sites = [p.site for p in proposals]
+    used = collect(model, sites, split, loss, statistics=statistics)
+    exact = collect(model, sites, split, loss, statistics="virtual")
+    rows = []
+    for proposal in proposals:
+        site, k = proposal.site, proposal.amount
+        G_used, G = (gradient_matrix(model, site, data[site]) for data in (used, exact))
+        U_used = torch.linalg.svd(G_used, full_matrices=False)[0][:, :k]
+        U = torch.linalg.svd(G, full_matrices=False)[0][:, :k]
+        rows.append({"site": site.producer, "consumer": site.consumer, "units": k,
+                     "pooling": tuple(used[site][0].grid) != tuple(used[site][0].consumer_grid),
+                     "alignment": _alignment(U_used, U),
+                     "fraction": float((G.T @ U_used).norm() / (G.T @ U).norm())})
+    for label, norm in sides.items():
+        how = GradMax(loss, norm=norm, statistics=statistics)
+        grown = widen(model, proposals, how, Probe(split, loss)).model
+        grown.zero_grad()
+        LOSSES[loss](grown(split.X_train)[None], split.y_train).sum().backward()
+        for row, proposal in zip(rows, proposals):
+            grad = grown.get_submodule(proposal.site.producer).weight.grad
+            row[f"c {label}"] = norm(outgoing_norms(model, proposal.site))
+            row[f"gradient {label}"] = float(grad[-proposal.amount:].flatten(1).norm(dim=1)
+                                             .mean())
+            row["existing"] = float(grad[:-proposal.amount].flatten(1).norm(dim=1).mean())
+    return rows
+
+
+def strided_auxiliary_report(stride: int = 2, size: int = 17, n: int = 64, k: int = 2,
+                             seed: int = 0) -> dict:
+    """The auxiliary kernel (Appendix B) on a producer of stride ``stride``: a 3x3 convolution
+    (3 -> 8 channels, stride ``stride``, unpadded) feeding a 3x3 one (8 -> 16, stride 1), on
+    ``n`` Gaussian images ``size`` x ``size`` with Gaussian targets (MSE after global average
+    pooling), in float64.
+
+    Returns the relative error ``||G_rule - G|| / ||G||`` against growcore's exact matrix
+    (:func:`growcore.stats.gradient_matrix`) of the public code's rule and of the corrected
+    one (:func:`growcore.stats.gradmax.strided_auxiliary_matrix`), and for ``j = 1..k`` new
+    units the fraction of the best gradient norm the rule's top-j directions reach,
+    ``||G^T U_rule|| / ||G^T U||``.
+    """
+    from growcore.models.sites import WidthSite
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential()
+    net.conv1 = torch.nn.Conv2d(3, 8, 3, stride=stride)
+    net.act = torch.nn.Identity()  # f(0) = 0, f'(0) = 1 on the new channel
+    net.conv2 = torch.nn.Conv2d(8, 16, 3)
+    net.pool, net.flat = torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    net = net.double()
+    site = WidthSite("conv1", None, "conv2")
+    X = torch.randn(n, 3, size, size, generator=g, dtype=torch.float64)
+    data = collect(net, [site], Split(X, torch.randn(n, 16, generator=g, dtype=torch.float64)),
+                   "mse")[site]
+    G = gradient_matrix(net, site, data)
+    U = torch.linalg.svd(G, full_matrices=False)[0]
+    out = {"shape": tuple(G.shape), "stride": stride}
+    for rule in ("public", "corrected"):
+        G_rule = strided_auxiliary_matrix(net, site, data, rule)
+        U_rule = torch.linalg.svd(G_rule, full_matrices=False)[0]
+        out[rule] = {"error": float((G_rule - G).norm() / G.norm()),
+                     "fraction": [float((G.T @ U_rule[:, :j]).norm() / (G.T @ U[:, :j]).norm())
+                                  for j in range(1, k + 1)]}
+    return out
+
+
+def target_norms(model, site, scale: float = 0.5) -> dict[str, float]:
+    """The outgoing norm of one new unit at ``site`` under the public code's three
+    conventions: ``scale`` x the mean norm of the existing units' outgoing weights (its
+    image configs' ``mean_norm``, and the chapter's ``norm_scale``), 1.0 x that mean (its
+    teacher-student notebook) and an absolute ``scale`` (its VGG config's ``fixed``)."""
+    existing = outgoing_norms(model, site)
+    return {f"{scale} x mean (image configs)": TargetNorm(scale)(existing),
+            "1.0 x mean (teacher-student notebook)": TargetNorm(1.0)(existing),
+            f"absolute {scale} (VGG config)": TargetNorm(value=scale)(existing)}
 
 
 def experiments(p: dict) -> dict[str, dict]:

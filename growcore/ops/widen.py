@@ -162,7 +162,8 @@ def widen_seeds(model, proposals: Sequence[Proposal], how, stats=None) -> WidthG
     grown = []
     for i in range(model.n_seeds):
         mine = [Proposal(p.site, p.amount) for p in proposals if p.seed in (None, i)]
-        grown.append(widen(model.seed_module(i), mine, hows[i], stats).model)
+        own = stats.for_seed(i) if hasattr(stats, "for_seed") else stats  # its data
+        grown.append(widen(model.seed_module(i), mine, hows[i], own).model)
     widths = {tuple(net.widths) for net in grown}
     if len(widths) > 1:
         raise SeedShapeMismatch(f"seeds grew to different widths {sorted(widths)}")

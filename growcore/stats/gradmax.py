@@ -482,6 +482,56 @@ def auxiliary_kernel_matrix(model: nn.Module, site, data: list[SiteData]) -> tor
     return G.permute(0, 2, 3, 1, 4, 5).reshape(o * kh2 * kw2, c * kh1 * kw1)
 
 
+AUXILIARY_RULES = ("corrected", "public")
+
+
+def strided_auxiliary_matrix(model: nn.Module, site, data: list[SiteData],
+                             rule: str = "corrected") -> torch.Tensor:
+    """The auxiliary-kernel matrix of eq. (20) (Appendix B) for a producer with stride
+    ``s1 > 1`` (consumer stride ``s2``), two unpadded convolutions with nothing in between.
+
+    One new unit with incoming filter ``w`` (``k1``) and outgoing filter ``v`` (``k2``) adds
+    to the consumer's output at ``y`` the sum over ``a, u`` of ``v[a] w[u] x[s1 s2 y + s1 a
+    + u]``: a convolution of the producer's input with a kernel of size ``k1 + s1 (k2 - 1)``
+    and stride ``s1 s2``, whose tap ``m`` collects ``s1 a + u = m``.
+
+    ``rule="corrected"``: that kernel and taps ``s1 a + u``; equal to :func:`gradient_matrix`
+    to float rounding. ``rule="public"``: the public code's construction (GradMax's
+    ``growers.py``): kernel ``k1 + k2 - 1`` and taps ``a + u`` (exact for ``s1 = 1``), with
+    its combined stride ``s1 s2`` (for one stride > 1) and the consumer's output grid (the
+    code adds the auxiliary output to the consumer's output): wrong wherever ``s1 > 1``.
+    """
+    if rule not in AUXILIARY_RULES:
+        raise ValueError(f"rule must be one of {AUXILIARY_RULES}, got {rule!r}")
+    producer, consumer = model.get_submodule(site.producer), model.get_submodule(site.consumer)
+    convs = (producer, consumer)
+    if (not all(isinstance(m, nn.Conv2d) for m in convs)
+            or any(m.padding != (0, 0) or m.dilation != (1, 1) for m in convs)
+            or tuple(data[0].grid) != tuple(data[0].consumer_grid)):
+        raise ValueError(f"site {site}: two unpadded, undilated Conv2d layers with nothing "
+                         "that changes the grid between them are needed")
+    (k1h, k1w), (k2h, k2w) = producer.kernel_size, consumer.kernel_size
+    s1, s2 = producer.stride, consumer.stride
+    tap = s1 if rule == "corrected" else (1, 1)
+    size = (k1h + tap[0] * (k2h - 1), k1w + tap[1] * (k2w - 1))
+    stride = (s1[0] * s2[0], s1[1] * s2[1])
+    c, o = producer.in_channels, consumer.out_channels
+    G_aux = 0
+    for batch in data:
+        out_grid = _output_grid(consumer, batch.consumer_grid)
+        patches = F.unfold(batch.h, size, stride=stride)
+        rows, cols = ((n - k) // st + 1 for n, k, st in zip(batch.h.shape[2:], size, stride))
+        patches = patches.view(len(batch.h), -1, rows, cols)[:, :, :out_grid[0], :out_grid[1]]
+        G_aux = G_aux + batch.weight * torch.einsum("noq,nmq->om", batch.dz,
+                                                    patches.flatten(2))
+    G_aux = G_aux.view(o, c, *size)
+    a, b, u, v = (torch.arange(n) for n in (k2h, k2w, k1h, k1w))
+    rows = (tap[0] * a.view(-1, 1, 1, 1) + u.view(1, 1, -1, 1)).expand(k2h, k2w, k1h, k1w)
+    cols = (tap[1] * b.view(1, -1, 1, 1) + v.view(1, 1, 1, -1)).expand(k2h, k2w, k1h, k1w)
+    G = G_aux[:, :, rows, cols]  # [o, c, kh2, kw2, kh1, kw1]
+    return G.permute(0, 2, 3, 1, 4, 5).reshape(o * k2h * k2w, c * k1h * k1w)
+
+
 def incoming_gradient_norm(G: torch.Tensor, outgoing: torch.Tensor) -> torch.Tensor:
     """``||dL/dW_l^new||_F`` for outgoing weights ``[o, k, R]``: ``||G^T W_{l+1}^new||_F``
     (eq. (9)), the objective of eq. (11)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from growcore.data import Split
+from growcore.data import SeedSplits, Split
 from growcore.losses import LOSSES
 
 FULL_CHUNK = 1024  # examples per forward pass when the statistic covers the whole data set
@@ -50,6 +50,17 @@ class Probe:
         if key not in self.cache:
             self.cache[key] = compute()
         return self.cache[key]
+
+    def for_seed(self, i: int) -> Probe:
+        """The probe of seed ``i``'s network when a seed-batched model grows one seed at a time
+        (:func:`growcore.ops.widen_seeds`): that seed's data where the split holds every
+        seed's (:class:`growcore.data.SeedSplits`), and a cache of its own (kept in this
+        one's), so that the where-criterion and the initialiser of a seed share it and no seed
+        reads another seed's statistics."""
+        def make() -> Probe:
+            split = self.split.seed(i) if isinstance(self.split, SeedSplits) else self.split
+            return Probe(split, self.loss)
+        return self.cached(("seed", i), make)
 
 
 @contextlib.contextmanager
