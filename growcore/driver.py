@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.chapter:
             return _run_chapter(args, parser)
         preset = args.preset or "custom"
-        config = _with_options(yaml.safe_load(Path(args.config).read_text()), args)
+        config = _with_options(_read_config(Path(args.config)), args)
         out = args.out or results.results_dir() / "driver" / preset
         record = run_experiment(config, directory=out, preset=preset, device=args.device,
                                 check_only=args.check, checkpoint_every=args.checkpoint_every)
@@ -680,6 +680,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{record['name']}: {record['wall_time_s']:.1f} s -> {record['path']}")
     return 0
+
+
+def _read_config(path: Path) -> dict:
+    """A YAML configuration file; a syntax error is a ParameterError naming file and line."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ParameterError(f"{path}{where}: YAML error: {problem}") from error
 
 
 def _run_chapter(args, parser) -> int:

@@ -178,3 +178,11 @@ def test_observers_by_name_read_nagn_without_a_plan(tmp_path):
     config["train"]["observe"] = {"x": {"name": "nagnn"}}
     with pytest.raises(ParameterError, match=r"train\.observe"):
         run_experiment(config, split=split, save=False, progress=False, device="cpu")
+
+
+def test_a_yaml_error_is_one_line_naming_the_file_and_line(tmp_path, capsys):
+    path = tmp_path / "bad.yml"
+    path.write_text("name: x\nseeds: [0, 1\ndata: {name: spiral}\n")
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line " in err and "YAML error" in err and "Traceback" not in err
