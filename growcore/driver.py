@@ -714,8 +714,9 @@ def _run_chapter(args, parser) -> int:
                                 device=device, progress=rank == 0, check_only=args.check,
                                 rank=rank, world=world,
                                 checkpoint_every=args.checkpoint_every)
-        if rank == 0 and not args.check:
-            print(f"{name}: {record['wall_time_s']:.0f} s -> {record.get('path')}")
+        if rank == 0:
+            print(f"{name}: configuration, data, model and plan are valid" if args.check
+                  else f"{name}: {record['wall_time_s']:.0f} s -> {record.get('path')}")
     return 0
 
 

@@ -186,3 +186,11 @@ def test_a_yaml_error_is_one_line_naming_the_file_and_line(tmp_path, capsys):
     assert main([str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}, line " in err and "YAML error" in err and "Traceback" not in err
+
+
+def test_the_chapter_launcher_checks_every_run_and_says_so(capsys):
+    assert main(["--chapter", "sensli", "--preset", "smoke", "--check", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out and all(line.endswith("configuration, data, model and plan are valid")
+                       for line in out)
+    assert any(line.startswith("FNN[4,4] LI:") for line in out)
