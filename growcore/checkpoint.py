@@ -30,10 +30,8 @@ from __future__ import annotations
 import functools
 import importlib
 import io
-import os
 import pickle
 import random
-import tempfile
 import types
 import weakref
 from collections.abc import Iterable
@@ -43,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+
+from growcore.paths import write_atomically
 
 FORMAT = 1  # version of the checkpoint layout
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))  # nn.Module's own attributes (hooks, ...)
@@ -378,18 +378,8 @@ def save(path: str | Path, payload: dict) -> Path:
     the same folder, flushed to disk, then renamed over ``path``. A failure leaves ``path``
     as it was and no temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda f: torch.save({"format": FORMAT, **payload}, f),
+                            prefix=f".{path.name}.", suffix=".tmp")
 
 
 def load(path: str | Path, map_location=None) -> dict:

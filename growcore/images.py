@@ -34,7 +34,6 @@ import json
 import os
 import pickle
 import tarfile
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from growcore.data import Split
-from growcore.paths import data_dir, repo_root
+from growcore.paths import data_dir, repo_root, write_atomically
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -250,17 +249,7 @@ def default_archive() -> Path:
 
 def _save_npz(path: Path, **arrays) -> None:
     """Write ``arrays`` to ``path`` atomically (a crash never leaves a partial cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda f: np.savez(f, **arrays), suffix=".npz")
 
 
 def archive_identity(archive: str | Path) -> dict:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 _MARKERS = ("_toc.yml", "pyproject.toml")
@@ -49,3 +51,23 @@ def missing_dataset_message(dataset: str, root: str = "") -> str | None:
         return None
     return (f"no {dataset} folder at {folder}: set data_root to the folder holding "
             f"{DATASET_LAYOUT.get(dataset, 'the data set')}")
+
+
+def write_atomically(path: str | Path, write: Callable, prefix: str = ".tmp-",
+                     suffix: str = "") -> Path:
+    """Write ``path`` through ``write(binary_file)``: to a temporary file in the same folder,
+    flushed and fsynced, then renamed over ``path``. A crash never leaves a partial file and
+    a failure leaves no temporary one (the error is raised)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -89,7 +89,7 @@ PARAMETERS = {
     "score_examples": Spec(int, minimum=1),
     "epochs": Spec(float, minimum=0.1),
     "batch_size": Spec(int, minimum=1),
-    "lr": Spec(float, minimum=0),
+    "lr": Spec(float, greater_than=0),
     "weight_decay": Spec(float, minimum=0),
     "cifar10_archive": Spec(str),
     "device": Spec(str, choices=DEVICES),
@@ -101,7 +101,6 @@ PARAMETERS = {
 def validate(namespace: dict) -> dict:
     """Check the notebook's parameters (picked by name from ``namespace``) before compute."""
     p = validate_all({k: namespace[k] for k in PARAMETERS if k in namespace}, PARAMETERS)
-    require(p["lr"] > 0, "lr", f"must be positive; got {p['lr']}")
     require(len(set(p["criteria"])) == len(p["criteria"]), "criteria",
             f"names each criterion once; got {p['criteria']}")
     require(max(p["bottleneck_widths"]) < min(p["stage_widths"]), "bottleneck_widths",
