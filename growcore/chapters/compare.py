@@ -22,7 +22,6 @@ from growcore.params import validate as validate_all
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES
 from growcore.stats import Probe
-from growcore.stats.gradmax import GradientMatrices, TargetNorm, outgoing_norms
 from growcore.where import LargestSingularValue
 from growcore.where.baselines import weight_gradient_norms
 from growcore.where.nagn import relative_contrast
@@ -52,11 +51,9 @@ def _singular_value_exact(record: dict, i: int, model, sites, probe) -> list[flo
     """The same score with GradMax's exact statistics (``statistics="virtual"``: through
     the BatchNorm in train mode and the max pooling between producer and consumer, which the
     default statistic treats as the identity and as average pooling)."""
-    matrices = GradientMatrices(None, "weight_gradient", torch.Generator().manual_seed(0),
-                                statistics="virtual")
-    return [TargetNorm()(outgoing_norms(model, site))
-            * float(torch.linalg.svdvals(matrices(model, site, probe.split, probe.loss,
-                                                  probe))[0]) for site in sites]
+    exact = LargestSingularValue(k=1, conv_matrix="weight_gradient", statistics="virtual")
+    scores = exact.scores(model, sites, probe)
+    return [scores[site.producer] for site in sites]
 
 
 def _gradient_norm(record: dict, i: int, model, sites, probe) -> list[float]:

@@ -23,7 +23,10 @@ class LargestSingularValue:
 
     A site's score is the norm of the new incoming weights' gradient that GradMax with ``k``
     units would give, ``c (sigma_1^2 + ... + sigma_k^2)^(1/2)``, so that sites are compared at
-    the norms they would actually get.
+    the norms they would actually get. ``statistics`` is GradMax's (``"passthrough"``: the
+    layers between producer and consumer treated as the identity, max pooling as average
+    pooling; ``"virtual"``: the exact matrix through them, see
+    :class:`growcore.stats.gradmax.GradientMatrices`).
     """
 
     k: int = 1
@@ -33,12 +36,14 @@ class LargestSingularValue:
     norm: TargetNorm = field(default_factory=TargetNorm)
     conv_matrix: str = "exact"
     seed: int = 0
+    statistics: str = "passthrough"
 
     kind: ClassVar[str] = "width"
 
     def __post_init__(self):
         self.matrices = GradientMatrices(self.batch_size, self.conv_matrix,
-                                         torch.Generator().manual_seed(self.seed))
+                                         torch.Generator().manual_seed(self.seed),
+                                         statistics=self.statistics)
 
     def scores(self, model: nn.Module, sites: list[WidthSite], stats: Probe) -> dict[str, float]:
         """Producer name -> predicted gradient norm of ``k`` new GradMax units."""
@@ -61,4 +66,6 @@ class LargestSingularValue:
     def describe(self) -> dict:
         return {"criterion": "LargestSingularValue", "k": self.k, "n_sites": self.n_sites,
                 "loss": self.loss, "batch_size": self.batch_size, "scale": self.norm.scale,
-                "value": self.norm.value, "conv_matrix": self.conv_matrix, "seed": self.seed}
+                "value": self.norm.value, "conv_matrix": self.conv_matrix, "seed": self.seed,
+                **({"statistics": self.statistics} if self.statistics != "passthrough"
+                   else {})}
