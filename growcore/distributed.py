@@ -14,13 +14,13 @@ same way for every operator, from these adapters:
   whole training set: GradMax's gradient matrices (:class:`MeanOverRanks`: a matrix is a
   mean over the examples, so with equal shards the mean of the ranks' matrices is the single
   process's) and NAGN's sums of squared activation gradients (:class:`SummedNAGN`: the sums
-  and their example counts summed over the ranks), all-reduced before the SVD or the
-  increments are computed;
+  and their example counts summed over the ranks) and SensLI's virtual-layer gradients of an
+  ``nn.Module`` (:func:`mean_over_ranks`: a gradient of the mean loss, like GradMax's
+  matrices), all-reduced before the SVD, the increments or the merits are computed;
 * :class:`RankZeroWhere` wraps a where-criterion: every rank runs it (its statistics may be
   collective), and rank 0's proposals are broadcast, so the ranks never grow different
   shapes, not even by a rounding tie or with a criterion whose statistics are not reduced
-  (SensLI's merits of an ``nn.Module``, the gradient-norm baseline: there rank 0's shard
-  decides);
+  (the gradient-norm baseline: there rank 0's shard decides);
 * :func:`distributed_op` wraps a growth operator: it grows the network inside the DDP
   wrapper and wraps the grown network in a new DDP, whose construction broadcasts rank 0's
   parameters and buffers: randomly initialised units and blocks are rank 0's draws on every
@@ -179,12 +179,22 @@ def synchronised(plan: GrowthPlan, device: str | torch.device = "cpu") -> Growth
 
 def reduce_statistics(part) -> None:
     """Let ``part`` read statistics over all ranks: GradMax's gradient matrices
-    (``part.matrices``, :class:`MeanOverRanks`) and NAGN's activation-gradient sums
-    (``part.observer``, :class:`SummedNAGN`). Other parts are left as they are."""
+    (``part.matrices``, :class:`MeanOverRanks`), NAGN's activation-gradient sums
+    (``part.observer``, :class:`SummedNAGN`) and SensLI's virtual-layer gradients
+    (``part.reduce_gradients``, :func:`mean_over_ranks`). Other parts are left as they are."""
     if isinstance(getattr(part, "matrices", None), GradientMatrices):
         part.matrices = MeanOverRanks(part.matrices)
+    if hasattr(part, "reduce_gradients"):
+        part.reduce_gradients = mean_over_ranks
     if isinstance(getattr(part, "observer", None), NAGNObserver):
         part.observer = SummedNAGN(part.observer)
+
+
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over the ranks (all-reduced; ``tensor`` is left as it was)."""
+    total = tensor.detach().clone().contiguous()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 class MeanOverRanks:

@@ -18,6 +18,19 @@ for the first seed and checked against it).
 
 Options beyond the obvious ones:
 
+- ``data: {name: imagefolder, root: DIR, image_size: 224, stream: true, num_workers: 8}``
+  (``imagenet`` is the same name): the ImageFolder tree ``DIR/train/<class>/*``,
+  ``DIR/val/<class>/*`` streamed from disk (:class:`growcore.streaming.ImageFolderStream`:
+  worker processes, pinned memory, random resized crops and flips, a seeded resumable order
+  seeded by the seed group's first seed, sharded under torchrun) instead of decoded into
+  memory; the way for 224 px ImageNet. Options: ``image_size`` (default 224),
+  ``num_workers`` (default :data:`growcore.streaming.DEFAULT_WORKERS`), ``n_val`` (training
+  images held out for the validation error, default 0), ``n_sample`` (training images decoded
+  into memory for the growth steps' statistics, default
+  :data:`growcore.streaming.DEFAULT_SAMPLE`) and ``split_seed`` (the hold-out's and the
+  sample's). Needs ``train.batch_size``; ``final_train`` is then the error on the sample.
+  Without ``stream`` an ImageFolder tree is decoded into memory at ``image_size`` (default
+  64; ``n_train``, ``n_val``, ``n_test`` choose seeded subsets), the fastest for small sizes.
 - ``data.per_seed: true``: seed ``s`` draws its own data (``split_seed = s``; the
   teacher-student task, where the seed fixes the teacher too). ``data.dtype`` (``float32`` or
   ``float64``) for the generated data sets.
@@ -99,7 +112,7 @@ from growcore.params import ParameterError, Spec, check, require
 from growcore.plan import GrowthPlan, PlanError
 from growcore.registry import build_plan
 from growcore.runtime import resolve_device
-from growcore.train import DivergentGrowth, evaluate, train
+from growcore.train import DivergentGrowth, evaluate, evaluate_batches, train
 
 SECTIONS = ("name", "seeds", "data", "model", "train", "plan")
 SCHEDULES = ("constant", "cosine", "grow_then_cosine")
@@ -182,12 +195,39 @@ def _teacher_student(teacher=(20, 10, 10), n_points=1000, split_seed=0, dtype="f
 DATA: dict[str, Callable[..., Split]] = {
     "spiral": _spiral, "teacher_student": _teacher_student,
     "cifar10": _images("cifar10"), "cifar100": _images("cifar100"),
-    "imagenet": _images("imagenet")}
+    "imagenet": _images("imagenet"), "imagefolder": _images("imagenet")}
+STREAMABLE = ("imagenet", "imagefolder")  # data sets that data.stream reads from disk
+STREAM_DATA = {"name": Spec(str, choices=STREAMABLE), "root": Spec(str),
+               "image_size": Spec(int, minimum=1), "stream": Spec(bool),
+               "num_workers": Spec(int, minimum=0), "n_val": Spec(int, minimum=0),
+               "n_sample": Spec(int, minimum=1), "split_seed": Spec(int, minimum=0),
+               "augment": Spec(bool)}
+
+
+def is_streamed(data_spec: dict) -> bool:
+    """Whether a ``data`` section reads its images from disk batch by batch."""
+    return bool(data_spec.get("stream"))
+
+
+def _check_stream(config: dict) -> None:
+    """The ``data`` section of a streamed run, and what it needs of the others."""
+    spec = config["data"]
+    bad = sorted(set(spec) - set(STREAM_DATA))
+    require(not bad, "data", f"option(s) {bad} do not apply to a streamed data set (it "
+            f"trains on every image of the tree but the hold-out); valid: {sorted(STREAM_DATA)}")
+    for key, value in spec.items():
+        check(f"data.{key}", value, STREAM_DATA[key])
+    require("root" in spec, "data.root", "a streamed data set is read from a folder: give it")
+    require(spec.get("augment", True), "data.augment", "a stream always augments (random "
+            "resized crop and flip): remove the option or set it true")
+    require(config["train"].get("batch_size") is not None, "train.batch_size",
+            "a streamed data set trains on mini-batches: give their size")
 
 
 def load_data(spec: dict, seed: int | None = None) -> Split:
     """The data of a configuration's ``data`` section (for ``seed`` with ``per_seed``)."""
-    options = {k: v for k, v in spec.items() if k not in ("name", "augment", "per_seed")}
+    options = {k: v for k, v in spec.items()
+               if k not in ("name", "augment", "per_seed", "stream")}
     if spec.get("per_seed"):
         options["split_seed"] = seed
     try:
@@ -289,6 +329,10 @@ def validate(config: dict) -> dict:
     for label, spec in train_spec.get("observe", {}).items():
         require(isinstance(spec, dict) and spec.get("name") in OBSERVERS, "train.observe",
                 f"{label!r} must be a mapping with a 'name' in {sorted(OBSERVERS)}; got {spec!r}")
+    if "stream" in config["data"]:
+        check("data.stream", config["data"]["stream"], Spec(bool))
+    if is_streamed(config["data"]):
+        _check_stream(config)
     return {**config, "train": {**TRAIN_DEFAULTS, **train_spec}, "plan": config.get("plan")}
 
 
@@ -379,13 +423,23 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
     seeds, per_seed_data = config["seeds"], bool(config["data"].get("per_seed"))
     require(split is None or not per_seed_data, "data.per_seed",
             "data drawn per seed cannot come from a given split")
-    first_split = (split or load_data(config["data"], seeds[0])).to(device)
-    first = build_model(config["model"], first_split, seeds[:1])  # checked before compute
+    streaming = is_streamed(config["data"])
+    require(split is None or not streaming, "data.stream",
+            "a streamed data set cannot come from a given split")
+    if streaming:
+        first_split = open_stream(config, seeds[0], device, rank, world)
+        n_train = first_split.stream.n_examples
+    else:
+        first_split = (split or load_data(config["data"], seeds[0])).to(device)
+        n_train = len(first_split.y_train)
+    first = build_model(config["model"], _in_memory(first_split), seeds[:1])  # before compute
     batched = batched and isinstance(first, SeedBatchedNet)
+    require(not (batched and streaming), "data.stream",
+            "seed-batched models train on in-memory data")
     require(not (batched and per_seed_data) or config["train"].get("batch_size") is None,
             "data.per_seed", "a seed-batched model trains per-seed data full-batch only")
     require(world == 1 or not batched, "world", "seed-batched models run in one process")
-    setup = _setup(config["train"], len(first_split.y_train) // world, world)
+    setup = _setup(config["train"], n_train // world, world)
     plan = _plan(config["plan"], {**setup.context, "seed": seeds[0]})
     if plan is not None:
         try:
@@ -401,7 +455,8 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
     paths = {}
     while pending:
         group = pending.pop(0)
-        data = (first_split if not per_seed_data or group == seeds[:1]
+        data = (first_split if group == seeds[:1] or not (per_seed_data or streaming)
+                else open_stream(config, group[0], device, rank, world) if streaming
                 else load_data(config["data"], group[0]).to(device) if len(group) == 1
                 else SeedSplits.stack([load_data(config["data"], s) for s in group]).to(device))
         if every:
@@ -520,6 +575,26 @@ def _schedule(name: str, iterations: int, plan: GrowthPlan | None) -> Callable |
     return None
 
 
+def open_stream(config: dict, seed: int, device: str, rank: int = 0, world: int = 1):
+    """The :class:`growcore.streaming.Streamed` source of a validated configuration whose
+    data is streamed: this rank's batches of ``train.batch_size / world`` images in the order
+    of ``seed``, its sample on ``device``."""
+    from growcore.streaming import DEFAULT_SAMPLE, DEFAULT_WORKERS, ImageFolderStream, Streamed
+
+    spec, t = config["data"], config["train"]
+    stream = ImageFolderStream(
+        spec["root"], spec.get("image_size", 224), max(1, t["batch_size"] // world), seed=seed,
+        num_workers=spec.get("num_workers", DEFAULT_WORKERS), device=device, rank=rank,
+        world=world, test_batch_size=t["eval_batch_size"], n_val=spec.get("n_val", 0),
+        split_seed=spec.get("split_seed", 0))
+    return Streamed.of(stream, spec.get("n_sample", DEFAULT_SAMPLE))
+
+
+def _in_memory(data) -> Split:
+    """The in-memory split of a data source: a split itself, or a stream's sample."""
+    return data if isinstance(data, Split) else data.sample
+
+
 def _distributed(model: nn.Module, plan: GrowthPlan | None, device: str,
                  channels_last: bool = False):
     from growcore.distributed import synchronised, wrap
@@ -536,6 +611,7 @@ def _run_group(config: dict, seeds: list[int], split: Split, setup: Setup, devic
                checkpoint: Path | None = None, checkpoint_every: int | None = None,
                hardware: dict | None = None) -> dict:
     t = config["train"]
+    streamed, split = (None, split) if isinstance(split, Split) else (split, split.sample)
     torch.manual_seed(t["init_seed"] + seeds[0])
     model = build_model(config["model"], split, seeds, t["init_seed"]).to(device)
     hardware = hardware or gpu_settings(t, device, model)
@@ -544,15 +620,18 @@ def _run_group(config: dict, seeds: list[int], split: Split, setup: Setup, devic
     policy = plan.when if plan is not None else None
     loop_split = split if t["test_in_loop"] else dataclasses.replace(split, X_test=None,
                                                                        y_test=None)
-    if world > 1:
+    if streamed is not None:  # the stream shards itself, its sample too
+        loop_split = dataclasses.replace(streamed, test_in_loop=t["test_in_loop"])
+    elif world > 1:
         from growcore.distributed import shard
 
         loop_split = shard(loop_split, rank, world)
+    if world > 1:
         model, plan = _distributed(model, plan, device, hardware["channels_last"])
     kept: list = []
     observed = {label: _observer(spec, setup.per_epoch) for label, spec in t["observe"].items()}
     augment = None
-    if config["data"].get("augment"):
+    if config["data"].get("augment") and streamed is None:  # a stream augments itself
         from growcore.images import augment_cifar
         augment = augment_cifar
     final, history = train(
@@ -573,6 +652,8 @@ def _run_group(config: dict, seeds: list[int], split: Split, setup: Setup, devic
     per_seed = isinstance(split, SeedSplits)
     test = (evaluate(final, split.X_test, split.y_test, t["loss"], size, per_seed).tolist()
             if split.X_test is not None else [None] * n)
+    if streamed is not None:
+        test = evaluate_batches(final, streamed.stream.test_batches(), t["loss"]).tolist()
     train_metric = evaluate(final, split.X_train, split.y_train, t["loss"], size,
                             per_seed).tolist()
     h = history.as_dict()

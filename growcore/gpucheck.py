@@ -14,7 +14,10 @@ minutes:
   (generated, of the preset's shape), the steps, the seeds, and a when-policy that grows
   within those steps;
 * **streaming**: images per second of :class:`growcore.streaming.ImageFolderStream` on a
-  generated ImageFolder tree of JPEGs (224 px crops, several worker processes).
+  generated ImageFolder tree of JPEGs (224 px crops, several worker processes), alone and
+  feeding the training loop: MobileNet-v1 (GradMax's ImageNet net, ImageNet stem) trained on
+  the stream through the driver (``data.stream``) and widened by GradMax from the stream's
+  in-memory sample.
 
 Without a GPU (``--tiny``, the default there) it runs the same paths at tiny sizes (the
 suite does so, in seconds); its numbers then only show that the paths run.
@@ -74,13 +77,15 @@ class Sizes:
     stream_size: int      # side of the streamed crops
     stream_batch: int
     workers: int          # decoding processes of the stream
+    stream_width: float   # MobileNet-v1's width multiplier in the streamed training run
 
 
 GPU = Sizes(batch=128, steps=60, warmup=10, growths=3, images=2048, chapter_steps=12,
             seeds=2, stream_images=1024, stream_side=320, stream_size=224, stream_batch=128,
-            workers=min(8, os.cpu_count() or 1))
+            workers=min(8, os.cpu_count() or 1), stream_width=0.25)
 TINY = Sizes(batch=8, steps=10, warmup=2, growths=2, images=48, chapter_steps=6, seeds=2,
-             stream_images=24, stream_side=40, stream_size=32, stream_batch=8, workers=2)
+             stream_images=24, stream_side=40, stream_size=32, stream_batch=8, workers=2,
+             stream_width=1 / 16)
 
 
 # ---------------------------------------------------------------- data
@@ -245,7 +250,37 @@ def streaming(sizes: Sizes, device: torch.device, folder: Path) -> dict:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     return {"images_per_s": n / seconds if n else None, "images": n + len(X),
-            "size": sizes.stream_size, "workers": sizes.workers, "dtype": str(X.dtype)}
+            "size": sizes.stream_size, "workers": sizes.workers, "dtype": str(X.dtype),
+            "training": streamed_training(sizes, device, root)}
+
+
+def streamed_training(sizes: Sizes, device: torch.device, root: Path) -> dict:
+    """MobileNet-v1 trained on the stream of ``root`` through the driver for
+    ``sizes.chapter_steps`` steps, widened x2 by GradMax (statistics from the stream's
+    sample) after a third of them: images/s of the whole run (decoding, training, growth, the
+    streamed test set) and the growth step's seconds."""
+    steps, batch = sizes.chapter_steps, sizes.stream_batch
+    config = {"name": "mobilenet_v1 streamed", "seeds": [0],
+              "data": {"name": "imagefolder", "root": str(root), "stream": True,
+                       "image_size": sizes.stream_size, "num_workers": sizes.workers,
+                       "n_sample": batch},
+              "model": {"name": "mobilenet_v1", "width": sizes.stream_width,
+                        "stem": "imagenet", "activation": "relu1"},
+              "train": {"iterations": steps, "batch_size": batch, "lr": 0.05,
+                        "momentum": 0.9, "test_in_loop": False, "eval_batch_size": batch},
+              "plan": {"when": {"name": "every", "interval": steps, "start": steps // 3,
+                                "count": 1},
+                       "where": {"name": "grow_to_widths", "factor": 2.0, "growths": 1},
+                       "how": {"name": "gradmax", "batch_size": batch}}}
+    start = time.perf_counter()
+    record = driver.run_experiment(config, device=str(device), save=False, progress=False)
+    seconds = time.perf_counter() - start
+    events = record["metrics"]["events"]
+    return {"images_per_s": steps * batch / seconds, "seconds": seconds, "steps": steps,
+            "growths": len(events), "growth_s": events[0]["seconds"] if events else None,
+            "params_start": events[0]["n_params_before"] if events else None,
+            "params_end": events[-1]["n_params_after"] if events else None,
+            **record["execution"]}
 
 
 # ---------------------------------------------------------------- the check
@@ -306,8 +341,13 @@ def format_report(report: dict) -> str:
         lines.append(f"{chapter:<10}{row['run']:<30}{row['steps']:>6}{row['growths']:>8}"
                      f"{row['seconds']:>9.1f}  {row['when']}, {row['precision']}")
     s = report["streaming"]
+    fed = s["training"]
     lines += ["", f"streaming ImageFolder at {s['size']} px, {s['workers']} workers: "
                   f"{s['images_per_s']:.0f} images/s ({s['images']} images, {s['dtype']})",
+              f"streamed training of MobileNet-v1 ({fed['params_start']} -> "
+              f"{fed['params_end']} params): {fed['images_per_s']:.0f} images/s over "
+              f"{fed['steps']} steps, {fed['growths']} growth(s), growth step "
+              f"{fed['growth_s'] or 0:.2f} s, {fed['precision']}",
               "", f"total {report['seconds']:.0f} s"
               + ("" if report["within_budget"] else f" (over the {BUDGET_SECONDS} s budget)")]
     return "\n".join(lines)
@@ -322,7 +362,8 @@ def _shape_of(data: dict) -> tuple[tuple, int, bool]:
     if name == "teacher_student":
         teacher = data.get("teacher", (20, 10, 10))
         return (teacher[0],), teacher[-1], True
-    side = data.get("image_size", 64) if name == "imagenet" else 32
+    streamed_side = 224 if data.get("stream") else 64  # the driver's defaults
+    side = data.get("image_size", streamed_side) if name in ("imagenet", "imagefolder") else 32
     return (3, side, side), {"cifar10": 10, "cifar100": 100}.get(name, 1000), False
 
 

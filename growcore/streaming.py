@@ -36,29 +36,39 @@ Step ``k``'s batches of the ``w`` ranks together are then the entries
 ``k b w .. (k + 1) b w - 1`` of the permutation: the batch of one process with ``b w`` images.
 The test images (ImageNet's val folder, the test set as in :func:`growcore.images.imagenet`)
 are not sharded: every rank evaluates all of them, as in :mod:`growcore.distributed`.
+
+Growth steps and validation read in-memory data (:class:`growcore.stats.Probe`, the
+when-policies' validation error): :meth:`ImageFolderStream.sample` decodes a seeded sample of
+the training images and the validation hold-out (``n_val`` training images chosen by
+``split_seed``, never in the training order) with the evaluation transform, as an
+:class:`growcore.images.ImageSplit`. :class:`Streamed` pairs a stream with its sample: the
+data source that :func:`growcore.train.train` accepts besides a :class:`growcore.data.Split`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import DatasetFolder
 from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
-from growcore.images import IMAGE_SUFFIXES, DataNotFoundError
+from growcore.images import IMAGE_SUFFIXES, DataNotFoundError, ImageSplit
 from growcore.params import ParameterError, Spec, check, require
 
 RESIZE_RATIO = 256 / 224  # evaluation: shorter side to size * 256/224, then the centre crop
 DEFAULT_WORKERS = 4  # decoding processes; 224 px JPEGs need several per GPU (results unchanged)
-_ORDER_STREAM, _AUGMENT_STREAM = 0, 1  # first word of the seeds: order and crops never collide
+# first word of the seeds: the order, the crops, the hold-out and the sample never collide
+_ORDER_STREAM, _AUGMENT_STREAM, _HOLDOUT_STREAM, _SAMPLE_STREAM = 0, 1, 2, 3
+DEFAULT_SAMPLE = 1024  # training images of the in-memory sample that growth steps read
 _SHOWN_FOLDERS = 5  # empty class folders named in an error
-_STATE_KEYS = ("epoch", "position", "seed", "world", "n_examples")
+_STATE_KEYS = ("epoch", "position", "seed", "world", "n_examples", "split_seed")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -86,6 +96,20 @@ def shard_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
     ndarray of shape (n // world,), int64
     """
     return epoch_order(n, seed, epoch)[rank:n // world * world:world]
+
+
+def held_out(n: int, n_val: int, split_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The validation hold-out of ``n`` training images and the rest, both sorted: the first
+    ``n_val`` entries of a NumPy PCG64 permutation seeded by ``split_seed`` (not by the
+    training seed, so that every seed of a study validates on the same images).
+
+    Returns
+    -------
+    validation : ndarray of shape (n_val,), int64
+    kept : ndarray of shape (n - n_val,), int64
+    """
+    order = np.random.default_rng((_HOLDOUT_STREAM, split_seed)).permutation(n)
+    return np.sort(order[:n_val]), np.sort(order[n_val:])
 
 
 def example_seed(seed: int, epoch: int, index: int) -> int:
@@ -234,11 +258,13 @@ class _EpochBatches(Sampler):
 # The stream
 
 
-def _check_parameters(size, batch_size, num_workers, seed, device) -> None:
+def _check_parameters(size, batch_size, num_workers, seed, device, n_val, split_seed) -> None:
     check("size", size, Spec(int, minimum=1))
     check("batch_size", batch_size, Spec(int, minimum=1))
     check("num_workers", num_workers, Spec(int, minimum=0))
     check("seed", seed, Spec(int, minimum=0))
+    check("n_val", n_val, Spec(int, minimum=0))
+    check("split_seed", split_seed, Spec(int, minimum=0))
     require(torch.device(device).type != "cuda" or torch.cuda.is_available(), "device",
             f"{device!r} needs CUDA, which is not available here")
 
@@ -282,12 +308,18 @@ class ImageFolderStream:
         :func:`growcore.images.imagenet`. Its class folders must be training classes.
     test_batch_size : int, optional
         Images per test batch; default ``batch_size``.
+    n_val : int
+        Training images held out for validation (:func:`held_out`): never streamed for
+        training, decoded by :meth:`sample` as its ``X_val``.
+    split_seed : int
+        Seed of the hold-out and of :meth:`sample`'s choice (``>= 0``).
 
     Raises
     ------
     ParameterError
-        A bad ``size``, ``batch_size``, ``num_workers``, ``seed``, ``rank``, ``world`` or
-        ``device``, or more ranks than training images.
+        A bad ``size``, ``batch_size``, ``num_workers``, ``seed``, ``rank``, ``world``,
+        ``device``, ``n_val`` or ``split_seed``, more ranks than training images, or a
+        hold-out of all of them.
     DataNotFoundError
         A missing root or sub-folder, a folder without class folders, or a class folder without
         images (named, with the valid suffixes).
@@ -307,8 +339,9 @@ class ImageFolderStream:
                  seed: int = 0, num_workers: int = DEFAULT_WORKERS,
                  device: str | torch.device = "cpu", rank: int | None = None,
                  world: int | None = None, train_folder: str = "train",
-                 test_folder: str = "val", test_batch_size: int | None = None):
-        _check_parameters(size, batch_size, num_workers, seed, device)
+                 test_folder: str = "val", test_batch_size: int | None = None,
+                 n_val: int = 0, split_seed: int = 0):
+        _check_parameters(size, batch_size, num_workers, seed, device, n_val, split_seed)
         if test_batch_size is not None:
             check("test_batch_size", test_batch_size, Spec(int, minimum=1))
         self.rank, self.world = _rank_and_world(rank, world)
@@ -317,10 +350,14 @@ class ImageFolderStream:
         _check_test_classes(test_dir, list(self.classes))
         self.train = ClassFolders(train_dir, list(self.classes), train_transform(size))
         self.test = ClassFolders(test_dir, list(self.classes), evaluation_transform(size))
-        require(len(self.train) >= self.world, "world",
+        require(n_val < len(self.train), "n_val",
+                f"{train_dir} has {len(self.train)} training images: holding out {n_val} "
+                "leaves none to train on")
+        self.validation, self._kept = held_out(len(self.train), n_val, split_seed)
+        require(len(self._kept) >= self.world, "world",
                 f"{self.world} ranks need at least as many training images, "
-                f"{train_dir} has {len(self.train)}")
-        self.root, self.size, self.seed = Path(root), size, seed
+                f"{train_dir} has {len(self._kept)} (after a hold-out of {n_val})")
+        self.root, self.size, self.seed, self.split_seed = Path(root), size, seed, split_seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.test_batch_size = test_batch_size or batch_size
         self.device = torch.device(device)
@@ -338,8 +375,8 @@ class ImageFolderStream:
 
     @property
     def n_examples(self) -> int:
-        """Training images in the tree (all ranks)."""
-        return len(self.train)
+        """Training images in the tree (all ranks), less the validation hold-out."""
+        return len(self._kept)
 
     @property
     def examples_per_epoch(self) -> int:
@@ -362,14 +399,15 @@ class ImageFolderStream:
     def describe(self) -> str:
         """One line: sizes, classes, resolution, shard and where the images are."""
         shard = f", rank {self.rank} of {self.world}" if self.world > 1 else ""
-        return (f"train {self.n_examples}, test {self.n_test} images, {self.n_classes} "
+        val = f"val {len(self.validation)}, " if len(self.validation) else ""
+        return (f"train {self.n_examples}, {val}test {self.n_test} images, {self.n_classes} "
                 f"classes, streamed at {self.size}x{self.size} from {self.root}{shard}")
 
     # --- training batches ------------------------------------------------------------------
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """Indices into ``self.train`` of this rank's examples of ``epoch``, in batch order."""
-        return shard_order(self.n_examples, self.seed, epoch, self.rank, self.world)
+        return self._kept[shard_order(self.n_examples, self.seed, epoch, self.rank, self.world)]
 
     def batches(self) -> Iterator[Batch]:
         """The rest of the current epoch: batches ``(X, y)``, ``X`` ``uint8 [B, 3, size, size]``
@@ -409,6 +447,35 @@ class ImageFolderStream:
         yield from (tuple(map(self._to_device, batch)) for batch in
                     self._data_loader(self.test, batch_size=self.test_batch_size))
 
+    # --- in-memory sample ------------------------------------------------------------------
+
+    def sample(self, n_train: int = DEFAULT_SAMPLE) -> ImageSplit:
+        """Training images and the validation hold-out in memory, evaluation transform.
+
+        ``X_train``: this rank's part (entries ``rank, rank + world, ...``, equal parts as in
+        :func:`growcore.distributed.shard`) of ``min(n_train, n_examples)`` training images
+        chosen by ``split_seed`` (the same whatever the training seed), sorted; ``X_val``: the
+        whole hold-out (None without one); no test set (it is streamed). On ``device``.
+        """
+        check("n_train", n_train, Spec(int, minimum=1))
+        n = min(n_train, self.n_examples) // self.world * self.world
+        require(n > 0, "n_train", f"{self.world} ranks need a sample of at least "
+                f"{self.world} images, got {min(n_train, self.n_examples)}")
+        chosen = np.random.default_rng((_SAMPLE_STREAM, self.split_seed)).permutation(
+            self._kept)[:n]
+        X, y = self._decoded(np.sort(chosen)[self.rank::self.world])
+        X_val, y_val = self._decoded(self.validation) if len(self.validation) else (None, None)
+        return ImageSplit(X, y, X_val=X_val, y_val=y_val, classes=self.classes,
+                          source=f"a sample of {self.describe()}")
+
+    def _decoded(self, indices: np.ndarray) -> Batch:
+        """Training images ``indices`` under the evaluation transform, as one batch."""
+        folder = ClassFolders(self.train.root, list(self.classes),
+                              evaluation_transform(self.size))
+        batches = list(self._data_loader(Subset(folder, indices.tolist()),
+                                         batch_size=self.test_batch_size))
+        return tuple(self._to_device(torch.cat(part)) for part in zip(*batches))
+
     # --- resuming --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, int]:
@@ -418,7 +485,8 @@ class ImageFolderStream:
         The same on every rank, so rank 0's checkpoint serves all.
         """
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "world": self.world, "n_examples": self.n_examples}
+                "world": self.world, "n_examples": self.n_examples,
+                "split_seed": self.split_seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue from ``state`` (of :meth:`state_dict`): the next batches are those the
@@ -426,7 +494,7 @@ class ImageFolderStream:
         missing = [key for key in _STATE_KEYS if key not in state]
         if missing:
             raise ParameterError(f"state_dict lacks {', '.join(missing)}")
-        for key in ("seed", "world", "n_examples"):
+        for key in ("seed", "world", "n_examples", "split_seed"):
             require(state[key] == getattr(self, key), key,
                     f"the state was saved with {key}={state[key]}, this stream has "
                     f"{getattr(self, key)}: its order would differ")
@@ -448,3 +516,30 @@ class ImageFolderStream:
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.device, non_blocking=self._pin)
+
+
+@dataclass
+class Streamed:
+    """A data source of :func:`growcore.train.train`: training batches streamed from
+    ``stream``, growth statistics and validation from the in-memory ``sample``.
+
+    Attributes
+    ----------
+    stream : ImageFolderStream
+        Training batches (its own order, augmentation and shard) and the test batches.
+    sample : ImageSplit
+        :meth:`ImageFolderStream.sample`: ``X_train`` for the growth steps' probes,
+        ``X_val`` for the validation error of the evaluations.
+    test_in_loop : bool
+        Stream the test set at every evaluation of the loop (False: only the validation
+        error and the training error are recorded there).
+    """
+
+    stream: ImageFolderStream
+    sample: ImageSplit
+    test_in_loop: bool = True
+
+    @classmethod
+    def of(cls, stream: ImageFolderStream, n_sample: int = DEFAULT_SAMPLE) -> Streamed:
+        """``stream`` with its :meth:`~ImageFolderStream.sample` of ``n_sample`` images."""
+        return cls(stream, stream.sample(n_sample))

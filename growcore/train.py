@@ -17,6 +17,13 @@ With ``checkpoint`` the loop writes a checkpoint (:mod:`growcore.checkpoint`) ev
 ``checkpoint_every`` iterations and at the end, and a run started with the path of an
 existing checkpoint continues from it: on the CPU the continued run equals the
 uninterrupted one bit for bit, across growths.
+
+The data is a :class:`growcore.data.Split` held in memory (CIFAR: the fastest source, its
+augmentation on the device) or a stream of an ImageFolder tree
+(:class:`growcore.streaming.ImageFolderStream`, or :class:`growcore.streaming.Streamed` with a
+sample of it chosen by the caller): training batches come from the stream's seeded, resumable
+order, the test metric from streaming the test images, and growth steps and validation read the
+stream's in-memory sample.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -40,6 +48,9 @@ from growcore.models.staged import unwrap
 from growcore.ops import make_optimizer, rebuild_optimizer
 from growcore.plan import GrowthPlan
 from growcore.stats.probe import Probe
+
+if TYPE_CHECKING:
+    from growcore.streaming import ImageFolderStream, Streamed
 from growcore.when import TrainState
 
 
@@ -76,8 +87,9 @@ class History:
                 **{name: plain(values) for name, values in self.extra.items()}}
 
 
-def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "sgd",
-          momentum: float = 0.0, weight_decay: float = 0.0, batch_size: int | None = None,
+def train(model, split: Split | ImageFolderStream | Streamed, *, iterations: int, lr: float,
+          optimizer: str = "sgd", momentum: float = 0.0, weight_decay: float = 0.0,
+          batch_size: int | None = None,
           loss: str = "cross_entropy", plan: GrowthPlan | None = None, eval_every: int = 1,
           step_metrics: dict[str, Callable] | None = None,
           lr_schedule: Callable | None = None, augment: Callable | None = None,
@@ -91,8 +103,14 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
     Parameters
     ----------
     model : SeedBatchedNet or torch.nn.Module
-    split : Split
-        Training data, and test data if ``split.X_test`` is set (on the model's device).
+    split : Split, ImageFolderStream or Streamed
+        Training data, and test data if ``split.X_test`` is set (on the model's device). A
+        stream (:mod:`growcore.streaming`) gives the training batches itself (its order, its
+        augmentation, its shard under torchrun; ``batch_size`` must be its own or None) and
+        the test batches (``Streamed.test_in_loop``); growth steps and the validation error
+        read its sample (:meth:`~growcore.streaming.ImageFolderStream.sample`, of
+        :data:`~growcore.streaming.DEFAULT_SAMPLE` images for a bare stream). The checkpoint
+        holds the stream's epoch and position.
     iterations : int
         Number of parameter updates.
     batch_size : int, optional
@@ -166,15 +184,22 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
     amp.check(observers)
     history = History(extra={name: [] for name in step_metrics or {}},
                       plan=plan.describe() if plan is not None else None)
-    per_epoch = max(1, -(-len(split.y_train) // batch_size)) if batch_size else 1
     generator = torch.Generator().manual_seed(seed)
+    data = _streamed(split, batch_size)
+    if data is not None:
+        batch_size, split = data.stream.batch_size, data.sample  # growth reads the sample
+        per_epoch, order, n_train = (data.stream.batches_per_epoch,
+                                     StreamOrder(data.stream, generator), len(data.stream))
+    else:
+        per_epoch = max(1, -(-len(split.y_train) // batch_size)) if batch_size else 1
+        order, n_train = BatchOrder(split, batch_size, generator), len(split.y_train)
     run = _Run(model, make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay),
-               history, BatchOrder(split, batch_size, generator), lr)
+               history, order, lr)
     stateful = [plan, *(observers or []), lr_schedule]
     fingerprint = {"iterations": iterations, "lr": lr, "optimizer": optimizer,
                    "momentum": momentum, "weight_decay": weight_decay,
                    "batch_size": batch_size, "loss": loss, "eval_every": eval_every,
-                   "seed": seed, "precision": precision, "n_train": len(split.y_train),
+                   "seed": seed, "precision": precision, "n_train": n_train,
                    "plan": history.plan, "step_metrics": sorted(step_metrics or {})}
     saved = _load_checkpoint(checkpoint, fingerprint)
     if saved is not None:
@@ -194,7 +219,7 @@ def train(model, split: Split, *, iterations: int, lr: float, optimizer: str = "
     for t in bar:
         # evaluate first, so that the when-policy decides on the current network
         if t % eval_every == 0:
-            test = _evaluate_all(model, split, loss, t, since_eval, history)
+            test = _evaluate_all(model, split, loss, t, since_eval, history, data)
             since_eval = []
         if plan is not None and plan.when(TrainState(t, history, model, per_epoch)):
             _detach(observers)
@@ -253,7 +278,7 @@ class _Run:
     model: nn.Module
     opt: torch.optim.Optimizer
     history: History
-    batches: BatchOrder
+    batches: BatchOrder | StreamOrder
     base_lr: float
     iteration: int = 0      # updates done
     cost: float = 0.0       # training FLOPs so far
@@ -453,6 +478,53 @@ class BatchOrder:
         self.order, self.position = state["order"], state["position"]
 
 
+class StreamOrder:
+    """The loop's training batches from a stream, epoch after epoch, with a state to resume
+    from: the stream's epoch and position (:meth:`ImageFolderStream.state_dict`) and the
+    state of the loop's generator (which an ``augment`` of the loop may draw from)."""
+
+    def __init__(self, stream: ImageFolderStream, generator: torch.Generator):
+        self.stream, self.generator, self._epoch = stream, generator, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        for _ in range(2):  # past an epoch's last batch: the next epoch's first
+            if self._epoch is None:
+                self._epoch = self.stream.batches()
+            batch = next(self._epoch, None)
+            if batch is not None:
+                return batch
+            self._epoch = None
+        raise ValueError(f"the stream of {self.stream.root} gave an empty epoch")
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.stream.load_state_dict(state["stream"])
+        self._epoch = None  # the next batch is the saved position's
+
+
+def _streamed(split, batch_size: int | None) -> Streamed | None:
+    """``split`` as a :class:`Streamed` source (a bare stream with its default sample), or
+    None for an in-memory split; a ``batch_size`` other than the stream's is refused."""
+    if isinstance(split, Split):
+        return None
+    from growcore.streaming import ImageFolderStream, Streamed  # torchvision: only if used
+
+    if isinstance(split, ImageFolderStream):
+        split = Streamed.of(split)
+    if not isinstance(split, Streamed):
+        return None
+    if batch_size not in (None, split.stream.batch_size):
+        raise ValueError(f"batch_size={batch_size}: the stream gives batches of "
+                         f"{split.stream.batch_size} (set when it was built)")
+    return split
+
+
 TRIM_EVERY = 100  # iterations between returns of freed heap memory to the system
 
 
@@ -510,8 +582,10 @@ def replay_when(policy: Callable[[TrainState], bool], iterations: int, *,
     return history
 
 
-def _evaluate_all(model, split: Split, loss: str, t: int, since_eval: list, history: History):
-    """Record an evaluation; return the test metric (or None without a test set)."""
+def _evaluate_all(model, split: Split, loss: str, t: int, since_eval: list, history: History,
+                  streamed: Streamed | None = None):
+    """Record an evaluation; return the test metric (or None without a test set). With a
+    stream, ``split`` is its sample (validation) and the test images are streamed."""
     record: dict = {"iteration": t}
     if since_eval:
         record["train_error"] = torch.stack(since_eval).mean(dim=0)
@@ -519,7 +593,10 @@ def _evaluate_all(model, split: Split, loss: str, t: int, since_eval: list, hist
         record["val_error"] = evaluate(model, split.X_val, split.y_val, loss,
                                        per_seed=isinstance(split, SeedSplits))
     test = None
-    if split.X_test is not None:
+    if streamed is not None and streamed.test_in_loop:
+        test = record["test_error"] = evaluate_batches(model, streamed.stream.test_batches(),
+                                                       loss)
+    elif split.X_test is not None:
         test = record["test_error"] = evaluate(model, split.X_test, split.y_test, loss,
                                                per_seed=isinstance(split, SeedSplits))
     history.evals.append(record)
@@ -552,6 +629,26 @@ def evaluate(model, X: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy
         return _evaluate(model, X, y, loss, batch_size, per_seed)
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate_batches(model, batches, loss: str = "cross_entropy") -> torch.Tensor:
+    """:func:`evaluate` over batches ``(X, y)`` that arrive one by one (e.g.
+    :meth:`growcore.streaming.ImageFolderStream.test_batches`): the metric of all their
+    examples together, per seed."""
+    was_training = model.training
+    model.eval()
+    metric = per_seed_error if loss == "cross_entropy" else LOSSES[loss]
+    total, n = 0.0, 0
+    try:
+        for X, y in batches:
+            out = as_seed_batch(model(X))
+            total, n = total + metric(out, y) * out.shape[1], n + out.shape[1]
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("no batch to evaluate")
+    return total / n
 
 
 def _evaluate(model, X, y, loss, batch_size, per_seed: bool = False):

@@ -49,6 +49,14 @@ def test_the_stream_reads_the_generated_tree_with_workers(report):
     assert stream["images_per_s"] > 0 and stream["dtype"] == "torch.uint8"
 
 
+def test_the_stream_feeds_a_growing_mobilenet_through_the_loop(report):
+    """MobileNet-v1 trains on the streamed tree through the driver and GradMax widens it x2
+    once (every width doubled: about 4 times the parameters of the pointwise layers)."""
+    fed = report["streaming"]["training"]
+    assert fed["steps"] == gpucheck.TINY.chapter_steps and fed["growths"] == 1
+    assert fed["params_end"] > 2 * fed["params_start"] and fed["images_per_s"] > 0
+
+
 def test_the_report_prints_and_is_json(report):
     text = gpucheck.format_report(report)
     for name in [*report["throughput"], *gpucheck.CHAPTER_RUNS.values(), "streaming"]:

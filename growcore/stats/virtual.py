@@ -8,6 +8,8 @@ fully extended network (identity layers at all positions) gives every multiplier
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -61,7 +63,8 @@ def extended_gradients(model: SeedBatchedNet, split: Split, resnet_W1_scale: flo
 def module_merits(model: nn.Module, sites: list[DepthSite], split: Split,
                   loss: str = "cross_entropy", normalisation: str = "paper",
                   batch_size: int | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None,
+                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """SensLI's merit of every depth site of an ``nn.Module`` (section 2.4, any loss).
 
     A virtual identity layer goes to every site at once
@@ -76,6 +79,11 @@ def module_merits(model: nn.Module, sites: list[DepthSite], split: Split,
     batch_size : int, optional
         None: the whole training set (in chunks of :data:`FULL_CHUNK`); an int: one epoch of
         minibatches of that size. Both are weighted to the full-data mean loss.
+    reduce : callable, optional
+        Applied to the virtual layers' gradients (all sites' in one flat tensor) before they
+        are squared: under torchrun :func:`growcore.distributed.mean_over_ranks`, so that with
+        equal shards every rank has the gradient of the whole training set's mean loss
+        (eq. 2.12b) and the merits a single process would compute.
 
     Returns
     -------
@@ -101,8 +109,12 @@ def module_merits(model: nn.Module, sites: list[DepthSite], split: Split,
         value = LOSSES[loss](as_seed_batch(net(X)), y).sum() * (len(y) / n)
         value.backward()
     params = dict(net.named_parameters())
-    merits = []
-    for site, path, names in zip(sites, extended.inserted, merit_names):
-        square = sum(params[f"{path}.{name}"].grad.double().pow(2).sum() for name in names)
-        merits.append(square / (site.width ** 2 if normalisation == "paper" else 1))
+    grads = [[params[f"{path}.{name}"].grad for name in names]
+             for path, names in zip(extended.inserted, merit_names)]
+    flat = torch.cat([g.flatten() for site_grads in grads for g in site_grads])
+    if reduce is not None:
+        flat = reduce(flat)
+    per_site = flat.split([sum(g.numel() for g in site_grads) for site_grads in grads])
+    merits = [g.double().pow(2).sum() / (site.width ** 2 if normalisation == "paper" else 1)
+              for site, g in zip(sites, per_site)]
     return torch.stack(merits)

@@ -7,7 +7,8 @@ the fully extended network (:func:`growcore.stats.virtual.extended_gradients`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -71,12 +72,21 @@ class SensLI:
         None: full-data gradients; an int: one epoch of minibatches (section 2.4).
     resnet_W1_scale : float
         ``W1 = c I`` of the seed-batched ResNet's virtual blocks (paper: 0.8).
+
+    Attributes
+    ----------
+    reduce_gradients : callable or None
+        Not an option: set by :func:`growcore.distributed.reduce_statistics` under torchrun
+        (the mean over the ranks of an ``nn.Module``'s virtual-layer gradients, see
+        :func:`growcore.stats.virtual.module_merits`).
     """
 
     select: str = "max"
     normalisation: str = "paper"
     batch_size: int | None = None
     resnet_W1_scale: float = 0.8
+    reduce_gradients: Callable | None = field(default=None, init=False, repr=False,
+                                              compare=False)
 
     kind: ClassVar[str] = "depth"
 
@@ -93,7 +103,7 @@ class SensLI:
         if isinstance(model, SeedBatchedNet):
             return self._seed_batched(model, sites, split, stats.loss)
         merits = module_merits(model, sites, split, stats.loss, self.normalisation,
-                               self.batch_size)
+                               self.batch_size, reduce=self.reduce_gradients)
         pick = int(merits.argmax() if self.select == "max" else merits.argmin())
         info = {"candidates": [site.name for site in sites], "merits": merits.tolist(),
                 "chosen": [sites[pick].name],
