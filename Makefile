@@ -9,11 +9,19 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
+# PRESET: smoke, lab, cpu or gpu. NB: some notebooks only. FORCE=1: execute even the notebooks
+# whose executed copy is current (the runner's execution cache; see book/rerun.md).
 PRESET ?= cpu
 NB ?=
-RUN_ARGS := --preset $(PRESET) $(if $(strip $(NB)),--nb $(NB))
+FORCE ?=
+RUN_ARGS := --preset $(PRESET) $(if $(strip $(NB)),--nb $(NB)) \
+            $(if $(filter 1 yes true,$(FORCE)),--force)
+PUBLISH := _build/publish
+# Debian's TeX for `make pdf`, installed by it on demand (as root), never by `make setup`.
+TEX_PACKAGES := texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended \
+                texlive-xetex latexmk fonts-freefont-otf
 
-.PHONY: setup run book test lint bench clean gpu-check
+.PHONY: setup run book publish pdf tex test lint bench clean gpu-check
 
 setup: $(STAMP)
 
@@ -39,6 +47,35 @@ run: setup
 book: run
 	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "book: $(CURDIR)/_build/html/index.html"
+
+# The site ready to deploy (GitHub Pages: .github/workflows/book.yml runs this target): the
+# HTML book copied to $(PUBLISH), with a .nojekyll (so that _static/ and _images/ are served),
+# refused if a page links to an absolute path or a local file.
+publish: book
+	rm -rf $(PUBLISH)
+	cp -a _build/html $(PUBLISH)
+	touch $(PUBLISH)/.nojekyll
+	@if grep -rlE --include='*.html' '(href|src)="(/|file:)' $(PUBLISH); then \
+	  echo "publish: the pages above link to absolute paths" >&2; exit 1; fi
+	@echo "publish: $(CURDIR)/$(PUBLISH) (open index.html, or deploy the folder as it is)"
+
+# The whole book as one PDF through LaTeX (xelatex), in its own build folder so that the HTML
+# build stays incremental: _build/book.pdf.
+pdf: run tex
+	$(VENV)/bin/jupyter-book build . --builder pdflatex --path-output _build/pdf
+	cp _build/pdf/_build/latex/book.pdf _build/book.pdf
+	@echo "pdf: $(CURDIR)/_build/book.pdf"
+
+tex:
+	@if command -v dpkg >/dev/null; then \
+	  dpkg -s $(TEX_PACKAGES) >/dev/null 2>&1 && exit 0; \
+	  [ "$$(id -u)" = 0 ] || { echo "make pdf needs: apt-get install $(TEX_PACKAGES)" >&2; exit 1; }; \
+	  echo "pdf: installing $(TEX_PACKAGES)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends $(TEX_PACKAGES) \
+	  || { apt-get update -q && apt-get install -y -q --no-install-recommends $(TEX_PACKAGES); }; \
+	else command -v xelatex >/dev/null && command -v latexmk >/dev/null \
+	  || { echo "make pdf needs TeX Live's xelatex and latexmk" >&2; exit 1; }; fi
 
 lint: setup
 	$(VENV)/bin/ruff check growcore tests $(wildcard bench)

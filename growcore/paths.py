@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -71,3 +72,21 @@ def write_atomically(path: str | Path, write: Callable, prefix: str = ".tmp-",
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_if_changed(path: str | Path, text: str) -> bool:
+    """Write ``text`` to ``path`` atomically (:func:`write_atomically`) unless it holds exactly
+    that already (its mtime then stays, so that Sphinx does not re-render it); return whether
+    it was written. The file is an ordinary one (mode 0644)."""
+    path = Path(path)
+    with contextlib.suppress(OSError):
+        if path.read_text() == text:
+            return False
+    data = text.encode()
+
+    def write(f):
+        os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private
+        f.write(data)
+
+    write_atomically(path, write, prefix=f".{path.stem}.", suffix=path.suffix)
+    return True

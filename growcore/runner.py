@@ -1,10 +1,20 @@
 """Execute the book's notebooks with papermill under a named preset.
 
 Every notebook ``notebooks/<name>.ipynb`` has a preset file ``presets/<name>.yml``: a
-mapping with the sections ``smoke``, ``cpu`` and ``gpu``, each a mapping of notebook
-parameter to value (an empty section means the notebook's own defaults). The runner
-checks everything it was asked to run before executing anything, then executes each
-notebook with papermill and writes it, atomically, to ``<out>/<name>.ipynb``.
+mapping with the sections ``smoke``, ``lab``, ``cpu`` and ``gpu`` (``lab`` where the
+chapter has one), each a mapping of notebook parameter to value (an empty section means the
+notebook's own defaults). The runner checks everything it was asked to run before executing
+anything, then executes each notebook with papermill and writes it, atomically, to
+``<out>/<name>.ipynb``.
+
+Execution cache: the executed notebook stores, in ``metadata.growcore.execution_key``, a
+hash of what its outputs depend on: the source notebook's code cells, the preset's
+parameters, growcore's code (every ``*.py`` and ``*.yml`` file of the package) and the
+versions of Python and the numerical libraries. When the key of an existing
+``<out>/<name>.ipynb`` matches, the notebook is not executed again: its markdown cells (and
+the tags of its code cells) are brought up to date from the source notebook, and the file is
+rewritten only if that changed something, so that Sphinx re-renders only the pages whose
+prose changed. ``--force`` executes regardless.
 
 A SIGINT or SIGTERM (Ctrl-C, ``timeout``, a job scheduler) stops the running kernel at once,
 with every process it started, before the runner exits: nothing is computed or written after
@@ -12,7 +22,7 @@ the signal, and the partly executed notebook is kept as ``<out>/<name>.failed.ip
 
 Command line::
 
-    python -m growcore.runner --preset smoke|cpu|gpu [--nb NAME ...] [--out DIR]
+    python -m growcore.runner --preset smoke|lab|cpu|gpu [--nb NAME ...] [--out DIR] [--force]
 """
 
 from __future__ import annotations
@@ -20,7 +30,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
+import hashlib
+import json
 import os
+import platform
 import signal
 import sys
 import tempfile
@@ -31,9 +45,12 @@ from pathlib import Path
 
 import yaml
 
-PRESETS = ("smoke", "cpu", "gpu")
+from growcore.paths import write_if_changed
+
+PRESETS = ("smoke", "lab", "cpu", "gpu")
 KERNEL_NAME = "python3"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 PRESETS_DIR = REPO_ROOT / "presets"
 DEFAULT_OUT = REPO_ROOT / "book" / "chapters"
@@ -72,7 +89,11 @@ def load_preset(name: str, preset: str, presets_dir: Path = PRESETS_DIR) -> dict
     if unknown:
         raise RunnerError(f"{path}: unknown section(s) {unknown}; valid: {', '.join(PRESETS)}")
     if preset not in sections:
-        raise RunnerError(f"{path} has no section {preset!r}")
+        present = ", ".join(str(s) for s in sections) or "none"
+        raise RunnerError(
+            f"{path} has no section {preset!r} (it has: {present}); the chapter's parameters "
+            f"for the {preset} preset are to be added there"
+        )
     parameters = sections[preset] or {}
     if not isinstance(parameters, dict):
         raise RunnerError(f"{path}: section {preset!r} must map parameter names to values")
@@ -150,6 +171,182 @@ def plan(
         check_parameters(name, path, parameters)
         jobs.append(Job(name, path, parameters))
     return jobs
+
+
+# -- the execution cache -------------------------------------------------------------------
+
+CACHE_VERSION = 1  # bump when what the key covers changes
+# Code-cell tags that change what papermill executes (the rest only change the rendering).
+EXECUTION_TAGS = ("parameters", "raises-exception")
+INJECTED_TAG = "injected-parameters"
+# Libraries whose version can change a notebook's numbers (the package's dependencies).
+KEY_LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "seaborn",
+                 "scikit-learn")
+RUN_METADATA = ("papermill", "execution")  # cell metadata written by papermill / nbclient
+# What each part of the key is, in the words the runner prints when it changed.
+KEY_PARTS = {
+    "code": "its code cells changed",
+    "parameters": "its parameters changed",
+    "growcore": "growcore's code changed",
+    "environment": "the Python or library versions changed",
+    "version": "the cache format changed",
+}
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _tags(cell) -> list:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def code_digest(path: Path) -> str:
+    """Hash of what papermill executes in the notebook at ``path``: every code cell's source
+    and execution tags, in order, and the kernel's name (markdown is left out)."""
+    import nbformat
+
+    notebook = nbformat.read(str(path), as_version=4)
+    cells = [
+        (cell.source, sorted(t for t in _tags(cell) if t in EXECUTION_TAGS))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+    ]
+    kernel = notebook.metadata.get("kernelspec", {}).get("name")
+    return _digest({"cells": cells, "kernel": kernel})
+
+
+def package_digest(package_dir: Path = PACKAGE_DIR) -> str:
+    """Hash of growcore's code: the relative path and bytes of every ``*.py`` and ``*.yml``
+    file under ``package_dir`` (caches left out)."""
+    digest = hashlib.sha256()
+    root = Path(package_dir)
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.suffix in (".py", ".yml", ".yaml") and p.is_file() and "__pycache__" not in p.parts
+    )
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def environment_digest() -> str:
+    """Hash of the Python version and the versions of :data:`KEY_LIBRARIES`."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in KEY_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return _digest(versions)
+
+
+def execution_parts(job: Job, package: str, environment: str) -> dict[str, str]:
+    """The parts of a job's execution key: one hash per thing its outputs depend on."""
+    return {
+        "code": code_digest(job.path),
+        "parameters": _digest(job.parameters),
+        "growcore": package,
+        "environment": environment,
+        "version": str(CACHE_VERSION),
+    }
+
+
+def execution_key(parts: dict[str, str]) -> str:
+    """The execution key: one hash of all the parts."""
+    return _digest(parts)
+
+
+def cache_decision(target: Path, parts: dict[str, str]) -> tuple[bool, str]:
+    """Whether the executed notebook ``target`` can be reused for a job with these key parts,
+    and why (or why not), in words."""
+    import nbformat
+
+    if not target.is_file():
+        return False, "not executed yet"
+    try:
+        stored = nbformat.read(str(target), as_version=4).metadata.get("growcore", {})
+    except Exception as error:  # a damaged file is executed again, not trusted
+        return False, f"the executed notebook cannot be read ({type(error).__name__})"
+    if stored.get("execution_key") == execution_key(parts):
+        return True, "code, parameters and growcore unchanged"
+    if "execution_key" not in stored:
+        return False, "the executed notebook has no execution key"
+    previous = stored.get("execution_parts", {})
+    changed = [why for part, why in KEY_PARTS.items() if previous.get(part) != parts[part]]
+    return False, "; ".join(changed) or "its execution key changed"
+
+
+def _merged_metadata(source: dict, run: dict) -> dict:
+    """A cell's metadata: the source's (tags included), with papermill's run records kept."""
+    merged = {key: copy.deepcopy(value) for key, value in run.items() if key in RUN_METADATA}
+    merged.update(copy.deepcopy(dict(source)))
+    merged.setdefault("tags", [])  # papermill writes an empty list
+    return merged
+
+
+def refresh_prose(source, executed):
+    """The executed notebook ``executed`` with the prose of ``source``: its markdown and raw
+    cells, its code cells' tags and metadata, and the notebook's metadata, while every code
+    cell keeps its outputs (and the injected-parameters cell stays after the parameters
+    cell). Markdown cells are matched by cell id, else one to one in order; an unmatched one
+    is taken from the source as it is. Returns a new notebook, or None when the code cells
+    of the two do not match (then the notebook must be executed)."""
+    injected = [c for c in executed.cells if c.cell_type == "code" and INJECTED_TAG in _tags(c)]
+    ran = [c for c in executed.cells if c.cell_type == "code" and INJECTED_TAG not in _tags(c)]
+    code = [c for c in source.cells if c.cell_type == "code"]
+    if len(ran) != len(code) or any(a.source != b.source for a, b in zip(ran, code)):
+        return None
+    prose = [c for c in source.cells if c.cell_type != "code"]
+    old_prose = [c for c in executed.cells if c.cell_type != "code"]
+    by_id = {c.get("id"): c for c in old_prose if c.get("id")}
+    if all(c.get("id") in by_id for c in prose) or len(prose) != len(old_prose):
+        matches = iter([by_id.get(c.get("id")) for c in prose])
+    else:  # cells without ids (or new ids): one to one in order
+        matches = iter(old_prose)
+    notebook = copy.deepcopy(executed)
+    # papermill injects its cell after the first cell tagged parameters, else at the top
+    tagged = [i for i, c in enumerate(source.cells)
+              if c.cell_type == "code" and "parameters" in _tags(c)]
+    cells = [] if tagged else copy.deepcopy(injected)
+    outputs = iter(ran)
+    for index, cell in enumerate(source.cells):
+        if cell.cell_type == "code":
+            new = copy.deepcopy(next(outputs))
+            new.metadata = _merged_metadata(cell.metadata, new.metadata)
+            cells.append(new)
+            if tagged and index == tagged[0]:
+                cells.extend(copy.deepcopy(injected))
+            continue
+        old = next(matches)
+        new = copy.deepcopy(cell)
+        if old is not None and old.cell_type == cell.cell_type:
+            new.metadata = _merged_metadata(cell.metadata, old.metadata)
+        else:
+            new.metadata = _merged_metadata(cell.metadata, {})
+        cells.append(new)
+    notebook.cells = cells
+    for key, value in source.metadata.items():
+        if key not in ("papermill", "growcore", "language_info"):
+            notebook.metadata[key] = copy.deepcopy(value)
+    return notebook
+
+
+def reuse(job: Job, target: Path) -> bool | None:
+    """Bring the executed notebook ``target`` up to date with the prose of ``job``'s source
+    notebook; return whether the file changed, or None when it cannot be reused after all."""
+    import nbformat
+
+    source = nbformat.read(str(job.path), as_version=4)
+    executed = nbformat.read(str(target), as_version=4)
+    notebook = refresh_prose(source, executed)
+    if notebook is None:
+        return None
+    text = nbformat.writes(notebook)
+    return write_if_changed(target, text if text.endswith("\n") else text + "\n")  # as write()
 
 
 def kernel_python() -> str:
@@ -242,8 +439,11 @@ def kernels_stop_on_signals():
         stop_kernels()
 
 
-def execute(job: Job, out: Path, progress_bar: bool = True) -> float:
-    """Execute one job into ``out/<name>.ipynb`` via a temporary file; return wall seconds."""
+def execute(job: Job, out: Path, progress_bar: bool = True, parts: dict | None = None) -> float:
+    """Execute one job into ``out/<name>.ipynb`` via a temporary file; return wall seconds.
+    With ``parts`` (see :func:`execution_parts`), the executed notebook stores its execution
+    key in ``metadata.growcore``."""
+    import nbformat
     import papermill
 
     fd, tmp = tempfile.mkstemp(prefix=f".{job.name}.", suffix=".ipynb", dir=out)
@@ -265,6 +465,12 @@ def execute(job: Job, out: Path, progress_bar: bool = True) -> float:
         os.replace(tmp, failed)
         print(f"{job.name}: failed; the partly executed notebook is {failed}", file=sys.stderr)
         raise
+    if parts is not None:
+        notebook = nbformat.read(tmp, as_version=4)
+        notebook.metadata["growcore"] = {"execution_key": execution_key(parts),
+                                         "execution_parts": parts,
+                                         "preset": job.parameters.get("preset")}
+        nbformat.write(notebook, tmp)
     os.replace(tmp, out / f"{job.name}.ipynb")
     return time.perf_counter() - start
 
@@ -289,15 +495,12 @@ REGISTRY_PAGE = "registry.md"  # included by book/intro.md
 
 
 def write_registry_page(out: Path) -> Path:
-    """Write the registry's table (:func:`growcore.registry.markdown`) to ``out``, atomically."""
+    """Write the registry's table (:func:`growcore.registry.markdown`) to ``out``, atomically,
+    unless the page there holds it already (then its mtime stays)."""
     from growcore.registry import markdown  # imports torch: only when notebooks are run
 
-    fd, tmp = tempfile.mkstemp(prefix=".registry.", suffix=".md", dir=out)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the page is an ordinary file
-    with os.fdopen(fd, "w") as file:
-        file.write(markdown())
     path = out / REGISTRY_PAGE
-    os.replace(tmp, path)
+    write_if_changed(path, markdown())
     return path
 
 
@@ -308,8 +511,12 @@ def run_notebooks(
     notebooks_dir: Path | str = NOTEBOOKS_DIR,
     presets_dir: Path | str = PRESETS_DIR,
     progress_bar: bool = True,
+    force: bool = False,
+    package_dir: Path | str = PACKAGE_DIR,
 ) -> dict[str, float]:
-    """Execute notebooks under ``preset``; return the wall time in seconds per notebook.
+    """Execute notebooks under ``preset``, or reuse the executed ones whose execution key
+    matches (see the module's docstring); return the wall time in seconds per notebook
+    (for a reused one, the time its prose update took).
 
     Parameters
     ----------
@@ -323,20 +530,60 @@ def run_notebooks(
         Where the notebooks and their preset files live (the repository's by default).
     progress_bar
         Show papermill's per-cell progress bar.
+    force
+        Execute every notebook, whatever its execution key.
+    package_dir
+        The package whose code the execution key covers (growcore's by default).
     """
     jobs = plan(preset, names, Path(notebooks_dir), Path(presets_dir))
     out = output_folder(out)
     write_registry_page(out)
     print(f"preset {preset}: {len(jobs)} notebook(s), kernel {KERNEL_NAME} -> {kernel_python()}")
+    package, environment = package_digest(package_dir), environment_digest()
     times = {}
     with kernels_stop_on_signals() as install_handlers:
         for job in jobs:
+            start = time.perf_counter()
+            target = out / f"{job.name}.ipynb"
+            parts = execution_parts(job, package, environment)
+            reusable, why = (False, "--force") if force else cache_decision(target, parts)
+            if reusable:
+                changed = reuse(job, target)
+                if changed is not None:
+                    times[job.name] = time.perf_counter() - start
+                    prose = "prose updated" if changed else "prose unchanged, file untouched"
+                    print(f"{job.name}: reused ({why}; {prose}) -> {target}")
+                    continue
+                why = "the executed notebook's code cells differ from the source"
+            print(f"{job.name}: executing ({why})")
             try:
-                times[job.name] = execute(job, out, progress_bar)
+                times[job.name] = execute(job, out, progress_bar, parts)
             finally:
                 install_handlers()
-            print(f"{job.name}: {times[job.name]:.1f} s -> {out / (job.name + '.ipynb')}")
+            print(f"{job.name}: executed in {times[job.name]:.1f} s -> {target}")
+    write_findings_page(out)
     return times
+
+
+TOC = REPO_ROOT / "_toc.yml"
+
+
+def book_order(toc: Path = TOC) -> list[str]:
+    """The chapters' names in the book's order: the files ``book/chapters/<name>`` of
+    ``_toc.yml`` (empty when there is none)."""
+    if not Path(toc).is_file():
+        return []
+    text = yaml.safe_load(Path(toc).read_text()) or {}
+    files = [c.get("file", "") for part in text.get("parts", []) for c in part.get("chapters", [])]
+    return [f.rsplit("/", 1)[1] for f in files if f.startswith("book/chapters/")]
+
+
+def write_findings_page(out: Path) -> Path:
+    """Write the page "What the study found" (:func:`growcore.claims.write_findings`) from the
+    executed notebooks in ``out``, in the book's order, unless it holds that already."""
+    from growcore.claims import write_findings
+
+    return write_findings(out, book_order() or None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,11 +601,13 @@ def main(argv: list[str] | None = None) -> int:
         help="notebook name(s) without .ipynb (default: all)",
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
+    parser.add_argument("--force", action="store_true",
+                        help="execute every notebook even where its executed copy is current")
     args = parser.parse_args(argv)
     from papermill.exceptions import PapermillExecutionError
 
     try:
-        run_notebooks(args.preset, args.nb, args.out)
+        run_notebooks(args.preset, args.nb, args.out, force=args.force)
     except RunnerError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     except PapermillExecutionError as error:

@@ -12,7 +12,8 @@ import pytest
 
 from growcore.runner import REPO_ROOT, run_notebooks
 
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "book/*.md", "book/references.bib")
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book/*.md", "book/references.bib",
+                "book/latex/*.*")  # the PDF's local Sphinx extension and LaTeX files
 
 
 @dataclass

@@ -93,7 +93,7 @@ def nothing_ran(project: Path) -> bool:
 
 
 def test_unknown_preset_names_it_and_the_valid_ones(project):
-    with pytest.raises(RunnerError, match=r"'laptop'.*smoke, cpu, gpu"):
+    with pytest.raises(RunnerError, match=r"'laptop'.*smoke, lab, cpu, gpu"):
         run(project, "laptop")
     assert nothing_ran(project)
 

@@ -192,7 +192,7 @@ def _namespace(name: str, injected: dict) -> dict:
     ({"n_seed": 5}, "unknown parameter(s) 'n_seed' (did you mean 'n_seeds'?) injected by "
                     "papermill"),
     ({"insertion_iterations_sweep": [1]}, "'insertion_sweep'?)"),
-    ({"preset": "smok"}, "parameter 'preset' must be str one of 'smoke', 'cpu', 'gpu'"),
+    ({"preset": "smok"}, "parameter 'preset' must be str one of 'smoke', 'lab', 'cpu', 'gpu'"),
 ])
 def test_unknown_injected_names_are_refused(injected, fragment):
     with pytest.raises(ParameterError) as error:
