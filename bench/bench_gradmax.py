@@ -6,7 +6,9 @@ that all the variants see the same load).
    forward-backward pass, the matrices, their top-k singular vectors, and the widening of
    every layer by its share of the first of 12 growths to full width) vs one training step
    (forward, backward, SGD update), for the default and for the faster and the exact options.
-   The paper (section 4.1, Fig. 3c) says a growth step costs less than one training step.
+   The paper (section 4.1, Fig. 3c) says a growth step costs less than one training step;
+   issue 11 (item 4) asks for at most :data:`TARGET` of one. The statistics pass alone (the
+   forward-backward every variant starts with) is timed with them: no variant can cost less.
 2. The parts of a growth step, in training steps.
 3. Every site's matrix (Appendix B): its size, each solver's time, and the alignment of the
    fast solvers' top-k subspace with the SVD's.
@@ -43,6 +45,7 @@ BATCH = 128  # paper: batch 128 on CIFAR, also for the GradMax statistic
 WIDTH = 0.25  # paper: VGG11 grown from x0.25 to x1 in 12 growths
 GROWTHS = 12
 TRIALS = 5  # best of 5, taken in turns
+TARGET = 0.5  # issue 11, item 4: a growth step costs at most this many training steps
 VARIANTS = {  # name -> GradMax options
     "default (svd)": {},
     "auxiliary kernel": {"conv_matrix": "auxiliary"},
@@ -51,6 +54,9 @@ VARIANTS = {  # name -> GradMax options
     "exact: virtual + weight_gradient + lowrank": {
         "statistics": "virtual", "conv_matrix": "weight_gradient", "solver": "lowrank"},
 }
+
+
+FLOOR = "statistics pass alone (one forward-backward)"
 
 
 def best_in_turns(fns: dict, trials: int = TRIALS) -> dict[str, float]:
@@ -89,17 +95,27 @@ def growth_steps(model, split: Split) -> float:
         how = GradMax(batch_size=BATCH, norm=TargetNorm(value=1e-4), **options)
         widen(model, proposals, how, Probe(split))
 
+    proposals, _ = GrowToWidths(1 / WIDTH, GROWTHS)(model, width_sites(model))
+    sites = [p.site for p in proposals]
     step()  # warm-up
     fns = {"training step": step,
-           **{name: functools.partial(growth, options) for name, options in VARIANTS.items()}}
+           **{name: functools.partial(growth, options) for name, options in VARIANTS.items()},
+           FLOOR: lambda: collect(model, sites, split, "cross_entropy", BATCH)}
     for fn in fns.values():
         fn()  # warm-up
     times = best_in_turns(fns)
     t_step = times.pop("training step")
     print(f"  one training step {1000 * t_step:44.1f} ms")
     for name, t in times.items():
-        print(f"  growth step, {name:42s} {1000 * t:8.1f} ms  growth / step = {t / t_step:5.2f}")
-    print("  (paper: < 1)")
+        what = "growth step, " if name != FLOOR else ""
+        print(f"  {what + name:55s} {1000 * t:8.1f} ms  / training step = {t / t_step:5.2f}")
+    ratios = {name: t / t_step for name, t in times.items() if name != FLOOR}
+    for bound, source in ((TARGET, "issue 11, item 4"), (1.0, "paper, section 4.1")):
+        meets = [name for name, ratio in ratios.items() if ratio <= bound]
+        print(f"  growth step <= {bound} training steps ({source}): "
+              f"{', '.join(meets) or 'none of the variants'}")
+    print(f"  (every variant runs the statistics pass: {times[FLOOR] / t_step:.2f} training "
+          "steps before any matrix is formed)")
     return t_step
 
 

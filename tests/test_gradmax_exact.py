@@ -16,6 +16,7 @@ channel being 0 with its own BatchNorm statistics).
 """
 
 import functools
+import math
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ from growcore.models.vgg import vgg11
 from growcore.ops import NewUnits, widen
 from growcore.ops.widen import unit_sizes
 from growcore.stats import Probe, TargetNorm, collect, gradient_matrix
+from growcore.stats import gradmax as gradmax_stats
 from growcore.stats.gradmax import singular_directions, weight_gradient_matrix
 from growcore.where import GrowToWidths
 
@@ -248,6 +250,66 @@ def test_weight_gradient_matrix_equals_the_exact_matrix(case, statistics):
         exact = gradient_matrix(net, site, data[site])
         assert torch.allclose(weight_gradient_matrix(net, site, data[site]), exact,
                               rtol=EXACT_TOL, atol=EXACT_TOL * float(exact.abs().max())), site
+
+
+@pytest.mark.parametrize("case", CONV_CASES.values(), ids=CONV_CASES.keys())
+def test_weight_gradient_matrix_product_path_equals_the_exact_matrix(case, monkeypatch):
+    """The one-matrix-product path of :func:`weight_gradient_matrix` (forced on every grid
+    here: strides, padding, pooling) against the im2col matrix, float64."""
+    monkeypatch.setattr(gradmax_stats, "PRODUCT_POSITIONS", 10**9)
+    torch.manual_seed(0)
+    net = TinyConv(**case).to(DTYPE)
+    X = torch.randn(5, 2, 8, 8, dtype=DTYPE)  # stride 2: the transpose needs output padding
+    split = Split(X, torch.randn(5, 3, dtype=DTYPE))
+    sites = [s for s in net.width_sites() if isinstance(net.get_submodule(s.consumer), nn.Conv2d)]
+    data = collect(net, sites, split, "mse")
+    for site in sites:
+        exact = gradient_matrix(net, site, data[site])
+        assert torch.allclose(weight_gradient_matrix(net, site, data[site]), exact,
+                              rtol=EXACT_TOL, atol=EXACT_TOL * float(exact.abs().max())), site
+
+
+def _small_vgg(n: int = 16):
+    """VGG11 x0.25 in float64 (last stage on a 2 x 2 grid: the product path), ``n`` images."""
+    torch.manual_seed(0)
+    model = vgg11(0.25, activation=RELU1).to(DTYPE)
+    X = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    return model, Split(X, torch.randint(0, 10, (n,)))
+
+
+def test_fast_growth_step_gives_the_default_new_weights_on_a_small_vgg():
+    """One growth of every site of VGG11 x0.25 (float64): the fast options (weight-gradient
+    matrices, Gram solver) against the default (im2col, full SVD). The new weights agree unit
+    by unit up to sign where the singular value is distinct (:data:`GAP`), span the same
+    subspace everywhere, and the singular values agree to rounding."""
+    model, split = _small_vgg()
+    proposals, _ = GrowToWidths(4, 12)(model, model.width_sites())
+    small = [p for p in proposals if math.prod(collect(model, [p.site], split,
+                                                       "cross_entropy")[p.site][0].dz.shape[2:])
+             <= gradmax_stats.PRODUCT_POSITIONS]
+    assert small  # the product path is exercised
+    grown, sigma = {}, {}
+    for name, options in (("default", {}),
+                          ("fast", {"conv_matrix": "weight_gradient", "solver": "gram"})):
+        how = GradMax(batch_size=len(split.y_train), norm=TargetNorm(value=1.0), **options)
+        grown[name] = widen(model, proposals, how, Probe(split)).model
+        sigma[name] = how.singular_values
+    for proposal in proposals:
+        site, k = proposal.site, proposal.amount
+        S = sigma["default"][site]
+        assert torch.allclose(sigma["fast"][site][:k], S[:k], rtol=EXACT_TOL)
+        old = model.get_submodule(site.consumer).weight.shape[1]
+        reference, found = (grown[name].get_submodule(site.consumer).weight.detach()
+                            [:len(model.get_submodule(site.consumer).weight), old:old + k]
+                            .transpose(0, 1).flatten(1).T for name in ("default", "fast"))
+        r = min(k, len(S))
+        assert _alignment(found[:, :r], reference[:, :r]) == pytest.approx(1, abs=ALIGN_TOL)
+        above = torch.cat([S.new_full((1,), float("inf")), S[:r - 1]])
+        below = torch.cat([S[1:r + 1], S.new_zeros(max(0, r + 1 - len(S)))])[:r]
+        separated = (above > (1 + GAP) * S[:r]) & (S[:r] > (1 + GAP) * below)
+        cosines = (found[:, :r] * reference[:, :r]).sum(0).abs()
+        assert separated.any(), site
+        assert torch.allclose(cosines[separated], torch.ones(1, dtype=DTYPE), atol=SIGN_TOL)
 
 
 def test_options_keep_the_default_and_refuse_what_does_not_combine():
