@@ -45,10 +45,26 @@ def mean_band(Y, level: float = CONFIDENCE, spread: str = "ci"):
 
 
 def band(ax, x, Y, label: str, color=None, level: float = CONFIDENCE, **kwargs):
-    """Draw the mean of ``Y`` ([S, T]) against ``x`` with its confidence band."""
+    """Draw the mean of ``Y`` ([S, T]) against ``x`` with the book's uncertainty convention
+    (:mod:`growcore.uncertainty`): its t band over the seeds, computed in log space when the
+    axis is already log-scaled (geometric mean, the band of the mean log); with fewer than
+    :data:`~growcore.uncertainty.MIN_BAND` seeds the seeds themselves as thin lines instead
+    of a band."""
+    from growcore.uncertainty import MIN_BAND
+
+    Y = np.atleast_2d(np.asarray(Y, dtype=float))
+    log = ax.get_yscale() == "log"
+    if log:
+        Y = np.log(np.clip(Y, np.finfo(float).tiny, None))
     mean, half = mean_band(Y, level)
-    (line,) = ax.plot(x, mean, label=label, color=color, **kwargs)
-    ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2, lw=0)
+    back = np.exp if log else (lambda v: v)
+    (line,) = ax.plot(x, back(mean), label=label, color=color, **kwargs)
+    if Y.shape[0] < MIN_BAND:
+        for y in Y:
+            ax.plot(x, back(y), color=line.get_color(), alpha=0.35, lw=0.8)
+    else:
+        ax.fill_between(x, back(mean - half), back(mean + half), color=line.get_color(),
+                        alpha=0.2, lw=0)
     return line
 
 
