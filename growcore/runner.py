@@ -465,12 +465,15 @@ def execute(job: Job, out: Path, progress_bar: bool = True, parts: dict | None =
         os.replace(tmp, failed)
         print(f"{job.name}: failed; the partly executed notebook is {failed}", file=sys.stderr)
         raise
+    notebook = nbformat.read(tmp, as_version=4)
+    for cell in notebook.cells:  # papermill's parameter cell: collapsed in the book
+        if INJECTED_TAG in _tags(cell) and "hide-cell" not in _tags(cell):
+            cell.metadata.setdefault("tags", []).append("hide-cell")
     if parts is not None:
-        notebook = nbformat.read(tmp, as_version=4)
         notebook.metadata["growcore"] = {"execution_key": execution_key(parts),
                                          "execution_parts": parts,
                                          "preset": job.parameters.get("preset")}
-        nbformat.write(notebook, tmp)
+    nbformat.write(notebook, tmp)
     os.replace(tmp, out / f"{job.name}.ipynb")
     return time.perf_counter() - start
 

@@ -169,6 +169,7 @@ def test_reuse_refresh_and_reexecution(project, capsys):
     kinds = [(c.cell_type, c.source.splitlines()[0] if c.source else "") for c in notebook.cells]
     assert [k for k, _ in kinds] == ["markdown", "code", "code", "markdown", "markdown", "code"]
     assert "injected-parameters" in notebook.cells[2].metadata["tags"]
+    assert "hide-cell" in notebook.cells[2].metadata["tags"]  # collapsed in the book
     assert notebook.cells[0].source == "# Alpha, retitled"
     assert notebook.cells[4].source == "A new paragraph."
     assert notebook.cells[-1].metadata["tags"] == ["hide-input"]
