@@ -145,12 +145,14 @@ class Claim:
         return cls(estimate=Estimate(**d["estimate"]), **keep)
 
 
-def _glue(key: str, value) -> None:
+def glue(key: str, value) -> None:
+    """Glue ``value`` under ``key`` for the page's prose (myst-nb's ``glue``, not displayed);
+    nothing outside the book's environment, where there is no page to paste into."""
     try:
-        from myst_nb import glue
-    except ImportError:  # outside the book's environment there is nothing to paste into
+        from myst_nb import glue as myst_glue
+    except ImportError:
         return
-    glue(key, value, display=False)
+    myst_glue(key, value, display=False)
 
 
 @dataclass
@@ -172,10 +174,10 @@ class Claims:
             raise ValueError(f"claim key {key!r} is already used in chapter {self.chapter!r}")
         c = Claim(key, statement, source, measure, estimate, expect, threshold, margin, scale)
         self.claims[key] = c
-        _glue(key, c.sentence(self.spec))
-        _glue(f"{key}_verdict", c.verdict_words())
-        _glue(f"{key}_estimate", c.estimate.format(self.spec))
-        _glue(f"{key}_n", str(c.estimate.n))
+        glue(key, c.sentence(self.spec))
+        glue(f"{key}_verdict", c.verdict_words())
+        glue(f"{key}_estimate", c.estimate.format(self.spec))
+        glue(f"{key}_n", str(c.estimate.n))
         return c
 
     def table(self):
@@ -199,9 +201,9 @@ class Claims:
         and return the table for display."""
         if not self.claims:
             raise ValueError(f"chapter {self.chapter!r} has no claims to show")
-        _glue(GLUE_KEY, json.dumps(self.to_dict()))
+        glue(GLUE_KEY, json.dumps(self.to_dict()))
         for verdict, count in self.counts().items():
-            _glue(f"count_{verdict.replace(' ', '_')}", str(count))
+            glue(f"count_{verdict.replace(' ', '_')}", str(count))
         return self.table().style.hide(axis="index")
 
     def to_dict(self) -> dict:
@@ -214,8 +216,12 @@ def read_claims(notebook: Path) -> dict | None:
     nb = json.loads(Path(notebook).read_text())
     for cell in nb.get("cells", []):
         for out in cell.get("outputs", []):
-            if out.get("metadata", {}).get("scrapbook", {}).get("name") == GLUE_KEY:
-                text = out["data"]["text/plain"]
+            scrapbook = out.get("metadata", {}).get("scrapbook", {})
+            if scrapbook.get("name") == GLUE_KEY:
+                # under papermill, myst-nb's glue stores the value under its mime prefix
+                data = out["data"]
+                text = data.get("text/plain",
+                                data.get(scrapbook.get("mime_prefix", "") + "text/plain"))
                 text = "".join(text) if isinstance(text, list) else text
                 return json.loads(ast.literal_eval(text))
     return None

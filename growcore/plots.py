@@ -99,10 +99,10 @@ def loss_and_error(records: dict[str, dict], x: str = "iteration", title: str | 
                    colors=None, log_loss: bool = False):
     """Loss (top) and test error (bottom) of several records, as in the paper's figures."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    if log_loss:  # before drawing: the band is then computed in log space (plots.band)
+        top.set_yscale("log")
     curves(top, records, "loss", x, colors=colors)
     curves(bottom, records, "test_error", x, colors=colors)
-    if log_loss:
-        top.set_yscale("log")
     if title:
         top.set_title(title)
     bottom.get_legend().remove()

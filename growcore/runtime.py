@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
+from pathlib import Path
 
 import torch
 
@@ -105,6 +107,20 @@ def notebook_values(name: str, namespace: dict) -> dict:
     return values
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as a page may show it: relative to the repository when inside it, else under
+    ``$GROWCORE_RESULTS`` by name (a page never shows the build machine's folders)."""
+    from growcore.paths import repo_root, results_dir
+
+    path = Path(path).resolve()
+    for base, label in ((results_dir().resolve(), "$GROWCORE_RESULTS" if
+                         "GROWCORE_RESULTS" in os.environ else "results"),
+                        (repo_root().resolve(), ".")):
+        if path.is_relative_to(base):
+            return str(Path(label) / path.relative_to(base))
+    return path.name
+
+
 def start_chapter(name: str, namespace: dict) -> tuple[dict, str, object]:
     """The one setup call of every chapter notebook, right after its parameters cell.
 
@@ -133,6 +149,6 @@ def start_chapter(name: str, namespace: dict) -> tuple[dict, str, object]:
     setup(params["threads"])
     out_dir = results_dir() / name / params["preset"]
     print(describe({**params, "device": device}))
-    print(f"results  -> {out_dir}")
+    print(f"results  -> {shown_path(out_dir)}")
     print(f"code     =  {results.code_version()}, torch {torch.__version__}")
     return params, device, out_dir

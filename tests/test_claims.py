@@ -137,11 +137,12 @@ def test_claims_round_trip_and_refuse_a_key_twice():
     assert list(claims.table()["verdict"]) == ["confirmed"]
 
 
-def executed_notebook(path, title, data):
-    """A minimal executed notebook holding a glued claims output, as myst-nb writes it."""
+def executed_notebook(path, title, data, prefix=""):
+    """A minimal executed notebook holding a glued claims output, as myst-nb writes it (under
+    papermill, with the mime prefix ``application/papermill.record/``)."""
     glued = {"output_type": "display_data",
-             "metadata": {"scrapbook": {"name": GLUE_KEY, "mime_prefix": ""}},
-             "data": {"text/plain": repr(json.dumps(data))}}
+             "metadata": {"scrapbook": {"name": GLUE_KEY, "mime_prefix": prefix}},
+             "data": {prefix + "text/plain": repr(json.dumps(data))}}
     nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
           "cells": [{"cell_type": "markdown", "metadata": {}, "source": [f"# {title}\n"]},
                     {"cell_type": "code", "metadata": {}, "source": [], "execution_count": 1,
@@ -156,7 +157,8 @@ def test_findings_page_from_executed_notebooks(tmp_path):
                "below", 1.0)
     executed_notebook(tmp_path / "one.ipynb", "Chapter One", claims.to_dict())
     executed_notebook(tmp_path / "two.ipynb", "Chapter Two",
-                      {"chapter": "two", "preset": "cpu", "claims": []})
+                      {"chapter": "two", "preset": "cpu", "claims": []},
+                      prefix="application/papermill.record/")
     (tmp_path / "three.ipynb").write_text(json.dumps({"cells": []}))
     assert read_claims(tmp_path / "one.ipynb") == claims.to_dict()
     assert read_claims(tmp_path / "three.ipynb") is None
@@ -200,3 +202,15 @@ def test_runner_writes_the_findings_page_in_the_books_order(tmp_path):
     mtime = page.stat().st_mtime_ns
     write_findings_page(tmp_path)
     assert page.stat().st_mtime_ns == mtime  # unchanged page: not rewritten
+
+
+def test_pages_show_no_machine_paths(tmp_path, monkeypatch):
+    from growcore.paths import repo_root
+    from growcore.runtime import shown_path
+
+    monkeypatch.setenv("GROWCORE_RESULTS", str(tmp_path / "r"))
+    assert shown_path(tmp_path / "r" / "nagn" / "cpu") == "$GROWCORE_RESULTS/nagn/cpu"
+    assert shown_path(repo_root() / "data" / "x") == "data/x"
+    monkeypatch.delenv("GROWCORE_RESULTS")
+    assert shown_path(repo_root() / "results" / "nagn") == "results/nagn"
+    assert shown_path(tmp_path / "elsewhere") == "elsewhere"
