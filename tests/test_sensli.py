@@ -285,14 +285,26 @@ def test_params_over_time_names_every_change():
     assert params_over_time(_record(n_params=[[9, 9, 9]])) == "9 from iteration 0"
 
 
-@pytest.mark.parametrize("budget, loss, t", [(25, 2.0, 1), (30, 1.0, 2), (1e9, -0.5, 3)])
-def test_loss_at_cost_takes_the_last_iteration_within_the_budget(budget, loss, t):
-    from growcore.chapters.sensli import loss_at_cost
+@pytest.mark.parametrize("budget, loss, t", [(25, 2.5, 1), (30, 1.5, 2), (1e9, 0.25, 3),
+                                             (5, None, -1)])
+def test_loss_within_budget_averages_the_last_iterations_within_it(budget, loss, t):
+    from growcore.chapters.sensli import loss_within_budget
 
     record = _record(cost_flops=[[10, 20, 30, 40], [10, 20, 30, 40]],
                      loss=[[4.0, 3.0, 2.0, 0.0], [2.0, 1.0, 0.0, -1.0]])
-    found, at = loss_at_cost(record, budget)
-    assert at == t and found == pytest.approx(loss, abs=EXACT)
+    if loss is None:
+        with pytest.raises(ValueError, match="below the cost of the first iteration"):
+            loss_within_budget(record, budget)
+        return
+    found, at = loss_within_budget(record, budget, last=2)
+    # the mean over seeds of the per-seed means of the 2 iterations ending at t
+    assert at == t and found.shape == (2,) and found.mean() == pytest.approx(loss, abs=EXACT)
+
+
+def test_final_cost_is_the_cost_at_the_end():
+    from growcore.chapters.sensli import final_cost
+
+    assert final_cost(_record(cost_flops=[[10, 20, 40], [10, 20, 60]])) == 50
 
 
 def test_chosen_positions_counts_the_seeds_of_the_first_growth():
@@ -309,9 +321,11 @@ def test_compare_pairs_the_final_losses_by_seed():
     records = {"a": _record(loss=[[9.0, -1.0, -1.0], [9.0, -2.0, -2.0], [9.0, 0.0, 0.0]]),
                "b": _record(loss=[[0.0] * 3] * 3)}
     # last 2 iterations: differences -1, -2, 0 (mean -1, sd 1); a lower in two seeds
-    expected = f"-1.0000 ± {T95_2 / math.sqrt(3):.4f}  (first lower in 2/3 seeds)"
+    half = T95_2 / math.sqrt(3)
+    expected = (f"-1 [{-1 - half:+.3g}, {-1 + half:+.3g}] (n = 3), first lower in 2 of 3 "
+                f"seeds")
     assert compare(records, "a", "b", last=2) == expected
-    assert compare(records, "b", "a", last=2).startswith("+1.0000")
+    assert compare(records, "b", "a", last=2).startswith("+1 [")
 
 
 # The ResNet of the authors' code (nets.two_weight_resnet): biases in and out, tanh after the
@@ -402,6 +416,8 @@ def test_the_chapter_runs_fig_3_3b_on_both_resnets():
 @pytest.mark.parametrize("name, value, message", [
     ("spike_threshold", -0.1, "parameter 'spike_threshold' must be float >= 0"),
     ("authors_stop_test_error", 1.5, "is a test error in [0, 1]"),
+    ("insertion_sweep", [10], "with at least 2 item(s); got [10]"),
+    ("preset", "laptop", "parameter 'preset' must be str one of"),
 ])
 def test_new_parameters_are_checked(name, value, message):
     from growcore.chapters import sensli
@@ -434,29 +450,80 @@ def test_per_seed_measures_read_the_right_series():
         per_seed(record, "best loss")
 
 
-@pytest.mark.parametrize("mean, half, expected", [
-    (-1.0, 0.5, "confirmed"), (1.0, 0.5, "contradicted"), (0.2, 0.5, "not resolved"),
-    (-0.2, 0.5, "not resolved")])
-def test_verdict_is_read_from_the_interval(mean, half, expected):
-    from growcore.chapters.sensli import verdict
+def test_paired_is_the_paired_difference_of_the_measure():
+    from growcore.chapters.sensli import paired
 
-    assert verdict(mean, half) == expected
+    records = {"a": _record(loss=[[0.0, -1.9], [0.0, -2.0], [0.0, -2.1]]),
+               "b": _record(loss=[[0.0, 0.0]] * 3)}
+    d, lower = paired(records, "a", "b", "last loss")
+    assert (d.mean, d.n, d.method, lower) == (pytest.approx(-2.0), 3, "paired t", 3)
+    assert d.half == pytest.approx(T95_2 * 0.1 / math.sqrt(3))     # differences: sd 0.1
+    back, lower_back = paired(records, "b", "a", "last loss")
+    assert back.mean == pytest.approx(2.0) and back.half == pytest.approx(d.half)
+    assert lower_back == 0
 
 
-def test_paired_and_claim_table():
-    from growcore.chapters.sensli import claim_table, paired
+@pytest.mark.parametrize("shift, expect, verdict", [
+    (-2.0, "below", "confirmed"), (2.0, "below", "contradicted"), (-2.0, "above", "contradicted"),
+    (0.01, "below", "not resolved")])
+def test_add_paired_adds_the_claim_with_the_verdict_of_its_interval(shift, expect, verdict):
+    from growcore.chapters.sensli import add_paired
+    from growcore.claims import Claims
+
+    claims = Claims("sensli", "smoke")
+    b = np.array([1.0, 2.0, 3.0])
+    a = b + shift + np.array([-0.1, 0.0, 0.1])               # differences: sd 0.1
+    lower = add_paired(claims, "k", "a is lower", "Fig. 1", "a - b", a, b, expect=expect)
+    claim = claims.claims["k"]
+    assert claim.estimate.method == "paired t" and claim.estimate.n == 3
+    assert claim.estimate.mean == pytest.approx(shift)
+    assert claim.verdict == verdict
+    assert lower == f"{int((a < b).sum())} of 3"
+
+
+def test_measures_table_gives_a_verdict_per_measure():
+    from growcore.chapters.sensli import measures_table
 
     records = {"a": _record(loss=[[0.0, -1.9], [0.0, -2.0], [0.0, -2.1]],
                             final_test=[0.1, 0.2, 0.3]),
                "b": _record(loss=[[0.0, 0.0]] * 3, final_test=[0.1, 0.2, 0.3])}
-    mean, half, lower, n = paired(records, "a", "b", "last loss")
-    assert (mean, lower, n) == (pytest.approx(-2.0), 3, 3)
-    assert half == pytest.approx(T95_2 * 0.1 / math.sqrt(3))     # differences: sd 0.1
-    assert paired(records, "b", "a", "last loss")[:3] == (pytest.approx(2.0), half, 0)
-    _, loss_line, error_line = claim_table(
-        records, {"a < b": ("a", "b")}, ("last loss", "final test error")).split("\n")
-    assert loss_line.endswith("confirmed") and f"{-2.0:+8.3f}" in loss_line
-    assert error_line.endswith("not resolved") and "pp" in error_line   # equal: no difference
+    table = measures_table(records, {"a < b": ("a", "b")}, ("last loss", "final test error"))
+    loss_row, error_row = table.to_dict("records")
+    assert loss_row["verdict"] == "confirmed" and loss_row["a - b"].startswith("-2 [")
+    assert loss_row["a lower"] == "3 of 3"
+    # equal final errors: the differences are all zero, no side of zero
+    assert error_row["verdict"].startswith("not resolved") and error_row["a lower"] == "0 of 3"
+    assert error_row["measure"].endswith("(pp)")
+
+
+def test_window_loss_and_the_least_favourable_run():
+    from growcore.chapters.sensli import least_favourable, window_loss
+
+    records = {"base": _record(loss=[[1.0, 1.0, 1.0, 1.0]] * 2),
+               "x": _record(loss=[[1.0, 0.5, 0.5, 0.5]] * 2),
+               "y": _record(loss=[[1.0, 0.9, 0.8, 0.9]] * 2)}
+    np.testing.assert_allclose(window_loss(records["y"], 1, 2), [0.85, 0.85])
+    np.testing.assert_allclose(window_loss(records["y"], 2), [0.85, 0.85])  # to the end
+    with pytest.raises(ValueError, match="start must be an iteration"):
+        window_loss(records["y"], 4)
+    assert least_favourable(records, ["x", "y"], "base", last=3) == "y"
+
+
+def test_final_frame_has_one_row_per_seed_and_run():
+    from growcore.chapters.sensli import final_frame
+
+    records = {"a": _record(loss=[[1.0, 2.0], [3.0, 4.0]])}
+    frame = final_frame(records, {"label": "a"}, last=1)
+    assert frame.to_dict("records") == [{"run": "label", "seed": 0, "value": 2.0},
+                                        {"run": "label", "seed": 1, "value": 4.0}]
+
+
+def test_every_method_of_the_figures_has_one_colour():
+    from growcore.chapters.sensli import COLORS
+
+    for small, large, inserted in [("FNN1", "FNN2", "FNNLI"), ("ResNet1", "ResNet2", "ResNetLI")]:
+        assert len({COLORS[small], COLORS[large], COLORS[inserted]}) == 3
+    assert len({COLORS[k] for k in ("LI", "LI_other", "random position")}) == 3
 
 
 def test_spikes_count_one_iteration_jumps_from_the_insertion_on():
@@ -514,3 +581,51 @@ def test_final_table_gives_the_last_values_beside_the_last_means():
     values = row[2::3]                  # name, n, then "mean ± half" six times
     assert row[:2] == ["A", "2"]
     assert values == ["2.000", "3.000", "1.000", "20.0", "50.0", "30.0"]
+
+
+def test_early_stopping_words_count_the_runs_that_stop():
+    from growcore.chapters.sensli import early_stopping_words
+
+    record = _record(loss=[[2.0, 1.0, 0.0], [2.0, 2.0, 2.0], [2.0, 2.0, 1.0]],
+                     test_error=[[0.5, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]],
+                     final_test=[0.0, 0.5, 0.5])
+    # seed 0 stops after its first update; seeds 1 and 2 end at 2.0 and 1.0; all seeds: 1.0
+    assert early_stopping_words(record) == (
+        "1 of 3 runs stop (median at iteration 1); the plotted loss at the last iteration is "
+        "1.500 over the 2 runs still going, against 1.000 over all seeds")
+    going = _record(loss=[[2.0, 1.0]], test_error=[[0.5, 0.5]], final_test=[0.5])
+    assert early_stopping_words(going).startswith("no run of 1 stops")
+
+
+def test_the_lab_preset_is_a_reduced_cpu_run_that_keeps_the_papers_schedule():
+    from growcore.chapters import sensli
+
+    lab, cpu = sensli.notebook_parameters("lab"), sensli.notebook_parameters("cpu")
+    assert lab["preset"] == "lab" and lab["n_seeds"] < cpu["n_seeds"]
+    assert set(lab["insertion_sweep"]) < set(cpu["insertion_sweep"])
+    for name in ("iterations", "insertion_iteration", "lr_fnn", "lr_resnet"):
+        assert lab[name] == cpu[name]
+    assert len(sensli.experiments(lab)) < len(sensli.experiments(cpu))
+
+
+def test_the_chapters_two_panel_figure_draws_the_loss_band_in_log_space():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+
+    from growcore.chapters.sensli import COLORS, color_of, loss_and_error
+
+    assert color_of("LI (lr x0.8)") == COLORS["LI"] and color_of("other") is None
+    loss = [[1.0, 0.1, 0.01]] * 3 + [[1.0, 0.2, 0.04]] * 3      # six seeds: a band
+    record = {"metrics": {"loss": loss, "test_error": [[0.5, 0.4, 0.3]] * 6,
+                          "events": []}}
+    fig = loss_and_error({"FNN2": record}, "title")
+    top = fig.axes[0]
+    assert top.get_yscale() == "log" and top.get_title() == "title"
+    (line,) = top.get_lines()
+    assert to_hex(line.get_color()) == COLORS["FNN2"]
+    # the geometric mean of 0.01 and 0.04 at the last iteration, not their mean 0.025
+    assert line.get_ydata()[-1] == pytest.approx(0.02)
+    band = top.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() > 0                                        # never below zero

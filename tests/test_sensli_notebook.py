@@ -45,3 +45,39 @@ def test_a_plan_by_names_runs_beside_sensli_and_a_bad_one_stops_before_compute(
     assert runs["FNN[4,4] random position"]["plan"]["when"]["iterations"] == 20
     stops_before_compute("sensli", "extra_plans", {"x": {"where": "randomm"}},
                          "random_depth")
+
+
+def _glued(notebook: dict) -> dict[str, str]:
+    """Glue key -> its text, from an executed notebook's outputs (myst-nb's glue under
+    papermill stores them under a mime prefix)."""
+    glued = {}
+    for cell in notebook["cells"]:
+        for out in cell.get("outputs", []):
+            name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                text = next(iter(out["data"].values()))
+                glued[name] = "".join(text) if isinstance(text, list) else text
+    return glued
+
+
+def test_the_prose_pastes_only_glued_values_and_every_claim_has_a_verdict(smoke_book):
+    """Every {glue:text} of the chapter's prose is glued by its run, and the claims glued
+    for the findings page each carry a verdict computed from an interval."""
+    import ast
+    import re
+
+    from growcore.claims import GLUE_KEY, VERDICTS
+
+    notebook = json.loads((smoke_book.root / "book" / "chapters" / "sensli.ipynb").read_text())
+    glued = _glued(notebook)
+    pasted = {key for cell in notebook["cells"] if cell["cell_type"] == "markdown"
+              for key in re.findall(r"\{glue:text\}`([^`]+)`", "".join(cell["source"]))}
+    assert pasted and not pasted - set(glued), sorted(pasted - set(glued))
+    claims = json.loads(ast.literal_eval(glued[GLUE_KEY]))
+    assert claims["chapter"] == "sensli" and claims["preset"] == "smoke"
+    keys = {c["key"] for c in claims["claims"]}
+    assert {"resnet2_ahead_of_resnetli", "resnet2_ahead_of_resnetli_authors",
+            "li_beats_li_other_fnn", "compute_fnn"} <= keys
+    for claim in claims["claims"]:
+        assert claim["verdict"] in VERDICTS and claim["estimate"]["n"] == 2
+        assert f"{claim['key']}_verdict" in pasted     # every verdict is said in the prose

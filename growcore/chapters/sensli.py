@@ -4,8 +4,11 @@ summaries of their records.
 The experiments are those of the paper's section 3, by the names of its public code:
 Exp8 (Fig. 3.2), Exp6 (Fig. 3.3a), Exp11 (Fig. 3.3b, on eq. (2.3)'s ResNet and on the authors'
 code's), Exp9 (Fig. 3.4a), Exp14 (Fig. 3.4b). The summaries read the records: final values
-(:func:`final_table`), paired claims with verdicts (:func:`claim_table`), loss spikes
-(:func:`spikes`) and the authors' early stopping applied after the fact (:func:`authors_stop`).
+(:func:`final_table`), paired differences (:func:`paired`) and their verdicts under several
+measures (:func:`measures_table`), loss spikes (:func:`spikes`) and the authors' early stopping
+applied after the fact (:func:`authors_stop`). Uncertainty and verdicts follow the book's
+convention (:mod:`growcore.uncertainty`, :mod:`growcore.claims`): the paper's claims are added
+to the chapter's :class:`~growcore.claims.Claims` by :func:`add_paired`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from growcore import plots
+from growcore.claims import Claim, Claims
 from growcore.experiments import chosen_sites, spiral_config
 from growcore.losses import per_seed_cross_entropy
 from growcore.params import ParameterError, Spec, require
@@ -23,15 +26,26 @@ from growcore.registry import build_plan
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES
 from growcore.stats import NORMALISATIONS
+from growcore.uncertainty import Estimate, mean_interval, paired_difference
 
-PRESETS = ("smoke", "cpu", "gpu")
+PRESETS = ("smoke", "lab", "cpu", "gpu")
+
+# One colour per method across the chapter's figures (seaborn's colour-blind palette): the
+# small baseline, the large net trained from the start, the inserted net, the placements.
+COLORS = {
+    "FNN1": "#000000", "ResNet1": "#000000",
+    "FNN2": "#0173b2", "ResNet2": "#0173b2",
+    "FNNLI": "#de8f05", "ResNetLI": "#de8f05",
+    "Exp11's ResNet2": "#cc78bc",
+    "LI": "#029e73", "LI_other": "#d55e00", "random position": "#949494",
+}
 
 PARAMETERS = {
     "preset": Spec(str, choices=PRESETS),
     "n_seeds": Spec(int, minimum=1),
     "iterations": Spec(int, minimum=2),
     "insertion_iteration": Spec(int, minimum=1),
-    "insertion_sweep": Spec(list, item=int, minimum=1, min_length=1),
+    "insertion_sweep": Spec(list, item=int, minimum=1, min_length=2),  # Fig. 3.2 compares times
     "lr_fnn": Spec(float, greater_than=0),
     "lr_resnet": Spec(float, greater_than=0),
     "lr_factor_after_insertion": Spec(float, greater_than=0),
@@ -44,6 +58,28 @@ PARAMETERS = {
     "threads": Spec(int, minimum=1),
     "progress": Spec(bool),
 }
+
+
+def color_of(label: str) -> str | None:
+    """The chapter's colour of a figure label (:data:`COLORS`; a label such as
+    ``"LI (lr x0.8)"`` takes the colour of its first word), None for another label."""
+    return COLORS.get(label, COLORS.get(label.split(" ")[0]))
+
+
+def loss_and_error(records: dict[str, dict], title: str):
+    """The paper's two panels (:func:`growcore.plots.loss_and_error`) in the chapter's colours,
+    with the loss on a log axis whose band is computed in log space (the loss panel is drawn
+    again after its axis is made logarithmic, as :func:`growcore.plots.band` requires)."""
+    from growcore import plots
+
+    colors = [color_of(label) for label in records]
+    fig = plots.loss_and_error(records, title=title, colors=colors)
+    top = fig.axes[0]
+    top.clear()
+    top.set_yscale("log")
+    plots.curves(top, records, "loss", colors=colors)
+    top.set(title=title, xlabel="")
+    return fig
 
 
 def validate(namespace: dict) -> dict:
@@ -162,11 +198,16 @@ def loss_of(model, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return per_seed_cross_entropy(model(X), y).sum()
 
 
+def _half(e: Estimate) -> float:
+    """Half-width of an estimate's interval, 0 for a single seed (no interval)."""
+    return 0.0 if e.n < 2 else e.half
+
+
 def summary_table(records: dict[str, dict], names: list[str], last: int = 50) -> str:
     """A text table of runs: parameters at the end, final loss and final test error.
 
     Final values are per seed the mean over the last ``last`` iterations, then the mean over
-    seeds with its 95 % half-width (:func:`growcore.plots.final_mean_band`).
+    seeds with the half-width of its 95 % t interval (:func:`growcore.uncertainty.mean_interval`).
 
     Parameters
     ----------
@@ -185,11 +226,11 @@ def summary_table(records: dict[str, dict], names: list[str], last: int = 50) ->
     lines = [f"{'run':30s} {'params':>6s} {'final loss':>18s} {'final test error':>18s}"]
     for name in names:
         r = records[name]
-        loss, loss_half = plots.final_mean_band(r, "loss", last)
-        error, error_half = plots.final_mean_band(r, "test_error", last)
+        loss = mean_interval(per_seed(r, "loss", last))
+        error = mean_interval(100 * per_seed(r, "test error", last))
         lines.append(f"{name:30s} {r['metrics']['n_params'][0][-1]:6d} "
-                     f"{loss:10.3f} ± {loss_half:.3f} "
-                     f"{100 * error:10.1f} ± {100 * error_half:.1f} %")
+                     f"{loss.mean:10.3f} ± {_half(loss):.3f} "
+                     f"{error.mean:10.1f} ± {_half(error):.1f} %")
     return "\n".join(lines)
 
 
@@ -212,8 +253,8 @@ def params_over_time(record: dict) -> str:
     return ", ".join(f"{n[t]} from iteration {t}" for t in changes)
 
 
-def loss_at_cost(record: dict, budget: float) -> tuple[float, int]:
-    """Mean loss over seeds at the last iteration whose cumulative cost is within ``budget``.
+def loss_within_budget(record: dict, budget: float, last: int = 50) -> tuple[np.ndarray, int]:
+    """Per seed, the mean loss of the last ``last`` iterations within a compute budget.
 
     Parameters
     ----------
@@ -222,17 +263,27 @@ def loss_at_cost(record: dict, budget: float) -> tuple[float, int]:
         cost is averaged over seeds (it is equal across seeds in the chapter's runs).
     budget : float
         Cumulative training FLOPs.
+    last : int
+        Iterations averaged per seed, ending at the last one within the budget.
 
     Returns
     -------
-    loss : float
-        Mean over seeds of the loss at iteration ``t``.
+    loss : numpy.ndarray of shape [S]
     t : int
-        The last iteration with cost ``<= budget`` (-1 if the first already exceeds it).
+        The last iteration with cost ``<= budget``.
     """
     cost = np.asarray(record["metrics"]["cost_flops"]).mean(axis=0)
     t = int(np.searchsorted(cost, budget, side="right")) - 1
-    return np.asarray(record["metrics"]["loss"])[:, t].mean(), t
+    if t < 0:
+        raise ValueError(f"budget {budget:.3g} is below the cost of the first iteration "
+                         f"({cost[0]:.3g})")
+    loss = np.asarray(record["metrics"]["loss"], dtype=float)
+    return loss[:, max(0, t - last + 1):t + 1].mean(axis=1), t
+
+
+def final_cost(record: dict) -> float:
+    """The cumulative training FLOPs of a run at its end (mean over seeds)."""
+    return float(np.asarray(record["metrics"]["cost_flops"]).mean(axis=0)[-1])
 
 
 def chosen_positions(record: dict) -> str:
@@ -252,29 +303,17 @@ def chosen_positions(record: dict) -> str:
     return ", ".join(f"after layer {v}: {c} seeds" for v, c in zip(values, counts))
 
 
-def compare(records: dict[str, dict], a: str, b: str, last: int = 50) -> str:
-    """Paired comparison of the final losses of runs ``a`` and ``b`` over their seeds.
-
-    Per seed the final loss is the mean over the last ``last`` iterations; the differences
-    ``a - b`` (seeds paired by position) give a mean with its 95 % half-width
-    (:func:`growcore.plots.mean_band`), and the seeds where ``a`` is lower are counted.
-
-    Parameters
-    ----------
-    records : dict
-        Run name -> record (``metrics["loss"]`` [S][T], the same seeds in both runs).
-    a, b : str
-        Names of the two runs.
-    last : int
-        Iterations averaged per seed.
+def compare(records: dict[str, dict], a: str, b: str, measure: str = "loss",
+            last: int = 50) -> str:
+    """Paired comparison of runs ``a`` and ``b`` over their seeds (:func:`paired`), in words.
 
     Returns
     -------
     str
-        E.g. ``"-0.0100 ± 0.0020  (first lower in 4/5 seeds)"``.
+        E.g. ``"-0.01 [-0.012, -0.008] (n = 5), first lower in 4 of 5 seeds"``.
     """
-    mean, half, better, n = paired(records, a, b, "loss", last)
-    return f"{mean:+.4f} ± {half:.4f}  (first lower in {better}/{n} seeds)"
+    d, lower = paired(records, a, b, measure, last)
+    return f"{d.format('+.3g')}, first lower in {lower} of {d.n} seeds"
 
 
 # What "final" means for a run, per seed. The loop records the loss and the test error of
@@ -316,60 +355,110 @@ def per_seed(record: dict, measure: str, last: int = 50) -> np.ndarray:
     raise ValueError(f"measure must be one of {sorted(MEASURES)}, got {measure!r}")
 
 
-def paired(records: dict[str, dict], a: str, b: str, measure: str = "loss",
-           last: int = 50) -> tuple[float, float, int, int]:
-    """Paired difference ``a - b`` of a measure over seeds (paired by position).
-
-    Returns
-    -------
-    mean, half : float
-        Mean of the per-seed differences and its 95 % half-width (t interval).
-    lower, n : int
-        Seeds where ``a`` is lower, and the number of seeds.
-    """
-    va, vb = per_seed(records[a], measure, last), per_seed(records[b], measure, last)
-    mean, half = plots.mean_band((va - vb)[:, None])
-    return float(mean[0]), float(half[0]), int((va < vb).sum()), len(va)
-
-
-def verdict(mean: float, half: float) -> str:
-    """The verdict on the claim "the difference is negative", from its interval:
-    ``"confirmed"`` (entirely below 0), ``"contradicted"`` (entirely above), else
-    ``"not resolved"``."""
-    if mean + half < 0:
-        return "confirmed"
-    if mean - half > 0:
-        return "contradicted"
-    return "not resolved"
-
-
-def claim_table(records: dict[str, dict], pairs: dict[str, tuple[str, str]],
-                measures: tuple[str, ...] = ("loss", "last loss", "final test error"),
-                last: int = 50) -> str:
-    """Paired differences ``a - b`` and the verdict on the claim "a is lower than b".
+def final_frame(records: dict[str, dict], runs: dict[str, str], measure: str = "loss",
+                last: int = 50):
+    """A long table of one measure (:data:`MEASURES`) per seed, for seaborn's point plots.
 
     Parameters
     ----------
-    pairs : dict
-        Label -> (a, b), run names of ``records`` with the same seeds.
-    measures : tuple of str
-        Keys of :data:`MEASURES`; a test error is shown in percentage points.
+    runs : dict
+        Label in the figure -> run name of ``records``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``run`` (the label), ``seed`` (position) and ``value``.
+    """
+    import pandas as pd
+
+    return pd.DataFrame([{"run": label, "seed": seed, "value": value}
+                         for label, name in runs.items()
+                         for seed, value in enumerate(per_seed(records[name], measure, last))])
+
+
+def window_loss(record: dict, start: int, length: int = 50) -> np.ndarray:
+    """Per seed, the mean loss of iterations ``start .. start + length - 1`` (e.g. the
+    iterations just after the insertion, where the paper also sees LI ahead); shape [S]."""
+    loss = np.asarray(record["metrics"]["loss"], dtype=float)
+    if not 0 <= start < loss.shape[1]:
+        raise ValueError(f"start must be an iteration of the run (0..{loss.shape[1] - 1}), "
+                         f"got {start}")
+    return loss[:, start:start + length].mean(axis=1)
+
+
+def least_favourable(records: dict[str, dict], names: list[str], baseline: str,
+                     measure: str = "loss", last: int = 50) -> str:
+    """The run of ``names`` whose paired difference to ``baseline`` has the largest mean
+    (the one that compares least favourably with it)."""
+    return max(names, key=lambda name: paired(records, name, baseline, measure, last)[0].mean)
+
+
+def paired(records: dict[str, dict], a: str, b: str, measure: str = "loss",
+           last: int = 50) -> tuple[Estimate, int]:
+    """Paired difference ``a - b`` of a measure (:data:`MEASURES`) over the seeds of two runs
+    (paired by position), and the number of seeds where ``a`` is lower.
+
+    Returns
+    -------
+    difference : Estimate
+        :func:`growcore.uncertainty.paired_difference` of the per-seed values.
+    lower : int
+    """
+    va, vb = per_seed(records[a], measure, last), per_seed(records[b], measure, last)
+    return paired_difference(va, vb), int((va < vb).sum())
+
+
+def scale_of(p: dict) -> str:
+    """The scale of the chapter's runs under parameters ``p``, for the claims' table."""
+    return (f"preset {p['preset']}: {p['n_seeds']} seeds, {p['iterations']} iterations, "
+            f"insertion at {p['insertion_iteration']}")
+
+
+def add_paired(claims: Claims, key: str, statement: str, source: str, measure: str,
+               a, b, expect: str = "below", scale: str = "") -> str:
+    """Add the claim that the per-seed values ``a`` lie below (``expect="below"``) or above
+    the values ``b`` of the same seeds: the paired difference ``a - b`` against 0
+    (:meth:`growcore.claims.Claims.add`, which glues it under ``key``).
 
     Returns
     -------
     str
-        A header and one line per label and measure: mean ± half-width, the seeds where
-        ``a`` is lower, n, and the verdict.
+        The seeds where ``a`` is lower, e.g. ``"12 of 30"``, for the prose.
     """
-    lines = [f"{'claim: a lower than b':36s} {'measure':39s} {'a - b':>20s}  lower   verdict"]
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    claims.add(key, statement, source, measure, paired_difference(a, b), expect=expect,
+               scale=scale)
+    return f"{int((a < b).sum())} of {len(a)}"
+
+
+def measures_table(records: dict[str, dict], pairs: dict[str, tuple[str, str]],
+                   measures: tuple[str, ...] = ("loss", "last loss", "final test error"),
+                   last: int = 50):
+    """The claims "a is lower than b" of ``pairs`` (label -> run names) under several
+    measures (keys of :data:`MEASURES`): the paired difference ``a - b`` (test errors in
+    percentage points), the seeds where ``a`` is lower, and the verdict of
+    :class:`growcore.claims.Claim`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per label and measure.
+    """
+    import pandas as pd
+
+    rows = []
     for label, (a, b) in pairs.items():
         for measure in measures:
-            mean, half, lower, n = paired(records, a, b, measure, last)
-            scale, unit = (100, " pp") if "error" in measure else (1, "")
-            lines.append(f"{label:36s} {MEASURES[measure].format(last=last):39s} "
-                         f"{scale * mean:+8.3f} ± {scale * half:.3f}{unit:3s} "
-                         f"{lower:3d}/{n:<3d} {verdict(mean, half)}")
-    return "\n".join(lines)
+            scale = 100 if "error" in measure else 1
+            va, vb = (scale * per_seed(records[r], measure, last) for r in (a, b))
+            d = paired_difference(va, vb)
+            verdict = Claim("measure", label, "", measure, d).verdict_words()
+            rows.append({"claim: a lower than b": label,
+                         "measure": MEASURES[measure].format(last=last)
+                         + (" (pp)" if scale == 100 else ""),
+                         "a - b": d.format("+.3g").split(" (n")[0],
+                         "a lower": f"{int((va < vb).sum())} of {d.n}", "verdict": verdict})
+    return pd.DataFrame(rows)
 
 
 def final_table(records: dict[str, dict], names: list[str], last: int = 50) -> str:
@@ -391,10 +480,10 @@ def final_table(records: dict[str, dict], names: list[str], last: int = 50) -> s
         v = {m: scale * per_seed(records[name], m, last) for m, scale in columns}
         cells = [v["loss"], v["last loss"], v["last loss"] - v["loss"], v["test error"],
                  v["final test error"], v["final test error"] - v["test error"]]
-        bands = [plots.mean_band(c[:, None]) for c in cells]
+        bands = [mean_interval(c) for c in cells]
         lines.append(f"{name:24s} {len(cells[0]):3d} " + " ".join(
-            f"{mean[0]:8.{digits}f} ± {half[0]:5.{digits}f}"
-            for (mean, half), digits in zip(bands, [3, 3, 3, 1, 1, 1])))
+            f"{e.mean:8.{digits}f} ± {_half(e):5.{digits}f}"
+            for e, digits in zip(bands, [3, 3, 3, 1, 1, 1])))
     return "\n".join(lines)
 
 
@@ -482,13 +571,30 @@ def early_stopping_table(records: dict[str, dict], names: list[str],
         when = f"{int(np.median(stop)):11d}" if len(stop) else f"{'-':>11s}"
         shown = f"{'all stopped':>16s} ( 0)"
         if going.any():
-            mean, half = plots.mean_band(at_end[going][:, None])
-            shown = f"{mean[0]:8.3f} ± {half[0]:5.3f} ({int(going.sum()):2d})"
-        full = per_seed(r, "last loss")
-        full_mean, full_half = plots.mean_band(full[:, None])
+            e = mean_interval(at_end[going])
+            shown = f"{e.mean:8.3f} ± {_half(e):5.3f} ({e.n:2d})"
+        full = mean_interval(per_seed(r, "last loss"))
         lines.append(f"{name:24s} {len(stop):3d}/{len(going):<4d} {when} {shown:>23s} "
-                     f"{full_mean[0]:8.3f} ± {full_half[0]:5.3f} ({len(full):2d})")
+                     f"{full.mean:8.3f} ± {_half(full):5.3f} ({full.n:2d})")
     return "\n".join(lines)
+
+
+def early_stopping_words(record: dict, target: float = 0.0) -> str:
+    """What the authors' early stopping (:func:`authors_stop`) does to a run's last point, in
+    words: how many runs stop, the median iteration, and the mean loss at the last iteration
+    over the runs still going beside the mean over all seeds."""
+    at_end = authors_series(record, "loss", target)[:, -1]
+    going = ~np.isnan(at_end)
+    full = per_seed(record, "last loss").mean()
+    n = len(going)
+    if going.all():
+        return f"no run of {n} stops, so the plotted curve is the mean over all seeds"
+    stop = authors_stop(record, target)[~going]
+    shown = (f"the plotted loss at the last iteration is {at_end[going].mean():.3f} over the "
+             f"{int(going.sum())} runs still going" if going.any()
+             else "no run is left at the last iteration")
+    return (f"{len(stop)} of {n} runs stop (median at iteration {int(np.median(stop))}); "
+            f"{shown}, against {full:.3f} over all seeds")
 
 
 def float32_spiral_deviation(n_per_class: int = 300, r0: float = 0.5,
