@@ -18,16 +18,32 @@ import math
 import numpy as np
 
 from growcore import papers, registry
-from growcore.images import DataError, DataNotFoundError, dataset_sizes
+from growcore.images import JPEG_CAVEAT, DataError, DataNotFoundError, dataset_sizes
 from growcore.params import ParameterError, Spec, check_model, require
 from growcore.params import validate as validate_all
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES
+from growcore.where import relative_contrast
 
-PRESETS = ("smoke", "cpu", "gpu")
+PRESETS = ("smoke", "lab", "cpu", "gpu")
 PAPER_NUMBERS = papers.load("nagn")  # growcore/papers/nagn.yml
 PAPER_CONFIGURATIONS = PAPER_NUMBERS["configurations"]
 PAPER_RATIOS = PAPER_NUMBERS["ratios"]
+# "comparable to or exceeding" (section 4.1) read against the paper's own spread: its twelve
+# configurations have accuracy ratios 1.016 +- 0.020 (mean, sd), so a ratio above the mean
+# minus two of those sd (0.976) is within what the paper itself calls comparable.
+ACCURACY_FLOOR = round(PAPER_RATIOS["accuracy"][0] - 2 * PAPER_RATIOS["accuracy"][1], 6)
+# One colour per method or reading across the chapter's figures (seaborn's colour-blind set).
+COLOURS = {"grown": "#0173b2", "static": "#de8f05", "after BatchNorm": "#029e73",
+           "before BatchNorm": "#d55e00"}
+SEED_COLOURS = ("#cc78bc", "#56b4e9", "#ca9161", "#949494", "#fbafe4")  # Fig. 1, per seed
+
+
+def seed_colour(seed: int) -> str:
+    """The colour of seed ``seed`` in the chapter's per-seed figures (none of the methods')."""
+    return SEED_COLOURS[seed % len(SEED_COLOURS)]
+
+
 PARAMETERS = {
     "preset": Spec(str, choices=PRESETS),
     "n_train": Spec(int, minimum=1),
@@ -49,6 +65,7 @@ PARAMETERS = {
     "growth_how": Spec(str, choices=tuple(registry.names("how", "width"))),
     "fig1_widths": Spec(list, item=list, min_length=1),
     "fig1_seeds": Spec(int, minimum=1),
+    "bottleneck_seeds": Spec(int, minimum=1),
     "bottleneck_epochs": Spec(int, minimum=1),
     "configurations": Spec(list, item=list, min_length=1),
     "n_seeds": Spec(int, minimum=1),
@@ -208,14 +225,17 @@ def accuracy_at_last_eval(record: dict) -> list[float]:
 def ratios(grown: dict, static: dict) -> dict:
     """Grown/static ratios of one configuration: of the seed-mean test accuracy at the last
     evaluation, of the seed-mean training wall time and of the seed-mean training FLOPs."""
-    def per_seed(record):  # time and FLOPs: the totals after the last iteration
-        metrics = record["metrics"]
-        return {"accuracy": accuracy_at_last_eval(record),
-                "time": [series[-1] for series in metrics["wall_time"]],
-                "flops": [series[-1] for series in metrics["cost_flops"]]}
-
-    g, s = per_seed(grown), per_seed(static)
+    g, s = _per_seed(grown), _per_seed(static)
     return {key: float(np.mean(g[key])) / float(np.mean(s[key])) for key in g}
+
+
+def _per_seed(record: dict) -> dict[str, list[float]]:
+    """Per seed: the test accuracy at the last evaluation, and the training wall time and
+    FLOPs (the totals after the last iteration)."""
+    metrics = record["metrics"]
+    return {"accuracy": accuracy_at_last_eval(record),
+            "time": [series[-1] for series in metrics["wall_time"]],
+            "flops": [series[-1] for series in metrics["cost_flops"]]}
 
 
 def accuracy_curves(record: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -234,7 +254,7 @@ def bottleneck_check(p: dict) -> dict:
     NAGN read over the last epoch's batches at the activation input (after BatchNorm, our
     default) and at the convolution output (before BatchNorm), per seed (see
     :func:`profiles`)."""
-    config = experiment(p, "bottleneck", p["fig1_widths"], range(p["fig1_seeds"]))
+    config = experiment(p, "bottleneck", p["fig1_widths"], range(p["bottleneck_seeds"]))
     run = {**config["train"], "epochs": p["bottleneck_epochs"], "schedule": "constant",
            "evals_per_epoch": 1, "observe": {label: {"name": "nagn", "layers": layers}
                                              for label, layers in READINGS.items()}}
@@ -247,6 +267,99 @@ def profiles(record: dict) -> tuple[dict[str, list], list[int]]:
     observed, spec = record["metrics"]["observed"], record["metrics"]["final_model"][0]
     widths = [n for block in spec["config"] for n in block] + [spec["num_classes"]]
     return {reading: [seed[reading] for seed in observed] for reading in READINGS}, widths
+
+
+def contrasts(record: dict) -> tuple[dict[str, np.ndarray], list[int], list[int]]:
+    """The relative contrast r (eq. 2) of every seed at every explicit bottleneck of a record
+    of :func:`bottleneck_check`: ``reading -> array [S, B]``, the bottlenecks' indices (0 =
+    first layer) and the layer widths (output last)."""
+    readings, widths = profiles(record)
+    necks = bottlenecks(widths[:-1])
+    return ({reading: np.array([relative_contrast(np.asarray(row)).numpy()[necks]
+                                for row in rows]) for reading, rows in readings.items()},
+            necks, widths)
+
+
+def paired_ratios(grown: dict, static: dict) -> dict[str, list[float]]:
+    """Per seed, the grown/static ratios of the test accuracy at the last evaluation, of the
+    training wall time and of the training FLOPs (seed ``s`` of the static baseline has the
+    final widths and the initial seed of seed ``s`` of the grown run: the two pair)."""
+    if grown["seeds"] != static["seeds"]:
+        raise ValueError(f"the static baseline's seeds {static['seeds']} are not the grown "
+                         f"run's {grown['seeds']}")
+    g, s = _per_seed(grown), _per_seed(static)
+    return {key: [a / b for a, b in zip(g[key], s[key])] for key in g}
+
+
+def growth_timing(record: dict, epochs: int) -> dict:
+    """When a record's seeds first grew: ``{"first": [epoch or None per seed], "grew":
+    number of seeds that grew, "earliest": earliest first growth (None if none), "late":
+    True when no seed grew before the last third of the run (the accuracy curve then
+    cannot show what the growth did), "sentence": the finding in words}``."""
+    per_epoch = record["iterations_per_epoch"]
+    first = []
+    for seed in record["seeds"]:
+        events = seed_events(record, seed)
+        first.append(events[0]["iteration"] / per_epoch if events else None)
+    grown = [e for e in first if e is not None]
+    earliest = min(grown) if grown else None
+    late = earliest is None or earliest > 2 * epochs / 3
+    where = "; ".join(f"seed {seed}: " + (f"epoch {e:g}" if e is not None else "no growth")
+                      for seed, e in zip(record["seeds"], first))
+    if earliest is None:
+        seeds = "its one seed" if len(first) == 1 else f"any of its {len(first)} seeds"
+        sentence = (f"The trigger did not fire within {epochs} epochs in {seeds}: the net kept "
+                    f"its initial widths, so the run cannot show an effect of growth.")
+    else:
+        lr = (1 + math.cos(math.pi * earliest / epochs)) / 2  # the cosine schedule's factor
+        verdict = (f"so the first growth came after {100 * earliest / epochs:.0f} % of the "
+                   f"run, when the cosine schedule has brought the learning rate down to "
+                   f"{100 * lr:.0f} % of its start: too late for the accuracy curve to show an "
+                   f"effect of growth" if late else
+                   f"leaving {epochs - earliest:g} of the {epochs} epochs after the first "
+                   f"growth for its effect to show")
+        sentence = (f"The trigger fired in {len(grown)} of {_count(len(first), 'seed')} "
+                    f"within {epochs} epochs (first growth, {where}), {verdict}.")
+    return {"first": first, "grew": len(grown), "earliest": earliest, "late": late,
+            "sentence": sentence}
+
+
+def describe_split(split) -> str:
+    """The split's sizes and what the images are (no file paths)."""
+    sizes = [f"{name} {len(y)}" for name, y in
+             (("train", split.y_train), ("val", split.y_val), ("test", split.y_test))
+             if y is not None]
+    return f"{', '.join(sizes)} images of shape {tuple(split.X_train.shape[1:])}; {JPEG_CAVEAT}"
+
+
+def scale(p: dict) -> str:
+    """The scale of a run of the chapter in words (the claims' ``scale``)."""
+    reduced = "" if p["preset"] == "gpu" else ", reduced"
+    return (f"{p['preset']} preset{reduced}: {p['n_train']} training images, {p['epochs']} "
+            f"epochs at batch {p['batch_size']}, {len(p['configurations'])} of the 12 "
+            f"configurations x {_count(p['n_seeds'], 'seed')}, Fig. 1 over "
+            f"{_count(p['fig1_seeds'], 'seed')}, bottleneck check over "
+            f"{_count(p['bottleneck_seeds'], 'seed')}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def exercise_setup(preset: str = "smoke") -> tuple[dict, dict]:
+    """The one setup call of the chapter's exercises: the notebook's parameters under
+    ``preset`` (validated) and the options of :func:`growcore.driver.run_experiment` for the
+    chapter's runs (the CIFAR-10 split they name, loaded on the chosen device; the chapter's
+    records folder, whose records are reused when the configuration is the same)."""
+    from growcore.driver import load_data
+    from growcore.paths import results_dir
+    from growcore.runtime import resolve_device
+
+    p = notebook_parameters(preset)
+    device = resolve_device(p["device"])
+    split = load_data(experiment(p, "exercise", p["fig1_widths"], [0])["data"]).to(device)
+    return p, {"split": split, "directory": results_dir() / "nagn" / p["preset"],
+               "preset": p["preset"], "device": device, "progress": False, "reuse": True}
 
 
 def bottlenecks(widths: list[int]) -> list[int]:
