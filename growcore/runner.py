@@ -466,6 +466,11 @@ def execute(job: Job, out: Path, progress_bar: bool = True, parts: dict | None =
         print(f"{job.name}: failed; the partly executed notebook is {failed}", file=sys.stderr)
         raise
     notebook = nbformat.read(tmp, as_version=4)
+    papermill_meta = notebook.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):  # no build machine's folders in a download
+        if key in papermill_meta:
+            papermill_meta[key] = f"notebooks/{job.name}.ipynb" if key == "input_path" \
+                else f"{job.name}.ipynb"
     for cell in notebook.cells:  # papermill's parameter cell: collapsed in the book
         if INJECTED_TAG in _tags(cell) and "hide-cell" not in _tags(cell):
             cell.metadata.setdefault("tags", []).append("hide-cell")

@@ -3,6 +3,7 @@ cells, its parameters or growcore's code changed; otherwise its prose is brought
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import nbformat
@@ -170,6 +171,7 @@ def test_reuse_refresh_and_reexecution(project, capsys):
     assert [k for k, _ in kinds] == ["markdown", "code", "code", "markdown", "markdown", "code"]
     assert "injected-parameters" in notebook.cells[2].metadata["tags"]
     assert "hide-cell" in notebook.cells[2].metadata["tags"]  # collapsed in the book
+    assert str(project) not in json.dumps(notebook.metadata)  # no machine paths
     assert notebook.cells[0].source == "# Alpha, retitled"
     assert notebook.cells[4].source == "A new paragraph."
     assert notebook.cells[-1].metadata["tags"] == ["hide-input"]
