@@ -34,6 +34,7 @@ EXPECTS = ("below", "above", "within")  # where the paper says the number lies
 GLUE_KEY = "growcore_claims"
 KEY = re.compile(r"[a-z][a-z0-9_]*")
 FINDINGS = "findings.md"
+REACH = 100  # a claim that would need more than REACH times the units is out of reach
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,12 @@ class Claim:
         if self.verdict != "not resolved":
             return self.verdict
         n = self.resolving_n()
-        more = f"; about {n} would resolve it if the mean held" if n else ""
+        more = ""
+        if n and n > REACH * self.estimate.n:
+            more = (f"; the mean is so close to the threshold that more than {REACH} times "
+                    f"as many would be needed")
+        elif n:
+            more = f"; about {n} would resolve it if the mean held"
         return f"not resolved at this scale (n = {self.estimate.n}{more})"
 
     def sentence(self, spec: str = ".3g") -> str:

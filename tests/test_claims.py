@@ -107,6 +107,9 @@ def test_resolving_n_shrinks_the_half_width_to_the_gap():
     assert c.resolving_n() == 90
     assert "about 90 would resolve it" in c.verdict_words()
     assert Claim("k", "s", "t", "m", estimate(-0.3, -0.1)).resolving_n() is None
+    near = Claim("k", "s", "t", "m", Estimate(0.001, -0.2, 0.202, 10, "paired t"))
+    assert near.resolving_n() > 100 * 10
+    assert "more than 100 times as many" in near.verdict_words()
     assert Claim("k", "s", "t", "m", Estimate(0.1, -0.2, 0.4, 10, "bootstrap")
                  ).resolving_n() is None
 
