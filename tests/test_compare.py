@@ -1,12 +1,14 @@
 """The comparison chapter: the benchmark's networks, the detection scores against
 hand-computed values, the intervals, the exact singular-value score against the grown
-network, bad parameters, and the records of its smoke run."""
+network, the pairing of the how-runs by seed, bad parameters, and the records of its smoke
+run."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -58,18 +60,89 @@ def test_detection_against_hand_computed_values(scores, bottleneck, hit, auc):
     assert found["hit"] == hit and abs(found["auc"] - auc) < 1e-12
 
 
-def test_bootstrap_interval_and_verdicts():
-    assert compare.bootstrap_interval([0.7] * 10) == (0.7, 0.7, 0.7)
-    values = np.random.default_rng(0).normal(0.2, 1.0, size=50)
-    mean, low, high = compare.bootstrap_interval(values, seed=4)
-    assert low < mean < high and (mean, low, high) == compare.bootstrap_interval(values, seed=4)
-    assert abs(mean - values.mean()) < 1e-12
-    # the percentile interval of a mean is close to mean +- 1.96 sd / sqrt(n)
-    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
-    assert abs((high - low) / 2 - half) < 0.25 * half
-    assert compare.verdict(0.55, 0.8, 0.5) == "above"
-    assert compare.verdict(0.1, 0.45, 0.5) == "below"
-    assert compare.verdict(0.4, 0.6, 0.5) == "not resolved"
+def _scored(rows):
+    return pd.DataFrame(rows, columns=["network", "criterion", "sites", "hit", "auc"])
+
+
+def test_detection_estimates_are_bootstrap_means_over_networks():
+    scored = _scored([(0, "a", 4, 1.0, 1.0), (1, "a", 5, 0.0, 0.5), (2, "a", 2, 1.0, 0.75),
+                      (0, "b", 4, 0.0, 0.0), (1, "b", 5, 0.0, 0.25), (2, "b", 2, 0.0, 0.5)])
+    e = compare.detection_estimates(scored, ["a", "b"])
+    assert e["a"]["auc"].method == "bootstrap" and e["a"]["auc"].n == 3
+    assert abs(e["a"]["auc"].mean - 0.75) < 1e-12 and abs(e["b"]["hit"].mean) < 1e-12
+    # a random ranking's expected hit is one over the sites: 1/4, 1/5, 1/2
+    expected = np.mean([1 - 1 / 4, 0 - 1 / 5, 1 - 1 / 2])
+    assert abs(e["a"]["hit_over_chance"].mean - expected) < 1e-12
+    assert e["a"]["auc"].low <= 0.75 <= e["a"]["auc"].high
+    # the same seed gives the same interval: the chapter's numbers are reproducible
+    assert compare.detection_estimates(scored, ["a"])["a"] == e["a"]
+    assert compare.bootstrap_errorbar(scored[scored.criterion == "a"].auc) == (
+        e["a"]["auc"].low, e["a"]["auc"].high)
+
+
+def test_paired_auc_pairs_the_same_networks():
+    """Rows in any order: the difference is taken network by network, not by position."""
+    scored = _scored([(0, "a", 4, 1.0, 0.9), (1, "a", 4, 1.0, 0.8), (2, "a", 4, 1.0, 0.7),
+                      (2, "b", 4, 0.0, 0.6), (0, "b", 4, 0.0, 0.9), (1, "b", 4, 0.0, 0.8)])
+    d = compare.paired_auc(scored, "a", "b")
+    assert d.mean == pytest.approx(0.1 / 3) and d.n == 3 and d.method == "bootstrap"
+    assert d.low == 0.0 and d.high == pytest.approx(0.1)  # resamples of {0, 0, 0.1}
+
+
+@pytest.fixture(scope="module")
+def smoke() -> dict:
+    return compare.validate(notebook_parameters("compare", "smoke"))
+
+
+def test_every_initialiser_grows_the_same_network_on_the_same_schedule(smoke):
+    runs = compare.how_experiments({**smoke, "initialisers": list(compare.INITIALISERS)})
+    assert sorted(c["plan"]["how"]["name"] for c in runs.values()) == sorted(
+        compare.INITIALISERS)
+    strip = [{k: v for k, v in c.items() if k != "name"} for c in runs.values()]
+    for config in strip:
+        config["plan"] = {**config["plan"], "how": None}
+    assert all(config == strip[0] for config in strip), "only the initialiser may differ"
+    assert strip[0]["model"]["seed_batched"] and strip[0]["data"]["per_seed"]
+
+
+def test_paired_runs_share_each_seeds_network_until_the_first_growth(smoke):
+    """Seed s of every initialiser starts from the same student on the same data: the
+    losses agree up to the first growth (a batched program, float rounding), then part."""
+    p = {**smoke, "how_seeds": 3, "initialisers": ["random", "gradmax"]}
+    records = compare.run_how(p, save=False)
+    first = compare.how_schedule(p)["growths"][0]
+    loss = {how: np.asarray(r["metrics"]["loss"]) for how, r in records.items()}
+    assert np.allclose(loss["random"][:, :first + 1], loss["gradmax"][:, :first + 1],
+                       rtol=1e-6, atol=0)
+    assert not np.allclose(loss["random"][:, -1], loss["gradmax"][:, -1], rtol=1e-6, atol=0)
+    out = compare.how_outcomes(records, p)
+    after = compare.how_schedule(p)["after"]
+    row = out[(out.initialiser == "gradmax") & (out.seed == 1)].iloc[0]
+    assert row["training loss after growth"] == loss["gradmax"][1, after]
+    assert row["test MSE at the end"] == records["gradmax"]["metrics"]["final_test"][1]
+
+
+def test_how_differences_are_paired_by_seed_against_random():
+    rows = [{"initialiser": how, "seed": seed,
+             **dict.fromkeys(compare.HOW_MEASURES, value + seed)}
+            for how, value, seeds in (("random", 1.0, [0, 1, 2]), ("gradmax", 0.5, [2, 0, 1]),
+                                      ("zero", 3.0, [1, 2, 0]))
+            for seed in seeds]
+    out = pd.DataFrame(rows)
+    d = compare.how_differences(out)
+    assert set(d) == {(h, m) for h in ("gradmax", "zero") for m in compare.HOW_MEASURES}
+    e = d["gradmax", "training loss at the end"]
+    assert (e.mean, e.low, e.high, e.n, e.method) == (-0.5, -0.5, -0.5, 3, "paired t")
+    words = compare.how_words(d, "test MSE at the end")
+    assert "lower than random: gradmax" in words and "higher: zero" in words
+    assert "n = 3 seeds" in words
+
+
+def test_lab_preset_is_a_reduced_cpu_preset(params):
+    lab = compare.validate(notebook_parameters("compare", "lab"))
+    assert lab["n_networks"] < params["n_networks"] and lab["how_seeds"] < params["how_seeds"]
+    same = set(params) - {"preset", "n_networks", "how_seeds", "progress"}
+    assert all(lab[k] == params[k] for k in same), "lab changes only how many"
 
 
 def test_exact_singular_value_is_the_grown_networks_gradient():
@@ -102,6 +175,9 @@ def test_unknown_criteria_are_refused_with_the_valid_names():
     ("criteria", [], "with at least 1 item"),
     ("bottleneck_widths", [32], "narrower than every stage width"),
     ("score_examples", 10**6, "must not exceed n_train"),
+    ("initialisers", ["gradmax", "identity"], "parameter 'initialisers' must be"),
+    ("initialisers", [], "with at least 1 item"),
+    ("initialisers", ["gradmax", "zero"], "must include 'random'"),
 ])
 def test_bad_parameter_stops_before_compute(stops_before_compute, name, value, message):
     stops_before_compute("compare", name, value, message)
@@ -120,3 +196,29 @@ def test_smoke_records_score_every_network_with_every_criterion(smoke_book):
         assert row["bottleneck"] == site
         assert len(row["scores"]) == row["sites"] == sum(map(len, config))
         assert 0 <= row["auc"] <= 1 and 0 <= row["hit"] <= 1
+
+
+@pytest.mark.slow
+def test_smoke_records_of_every_initialiser_pair_the_same_seeds(smoke_book):
+    p = compare.validate(notebook_parameters("compare", "smoke"))
+    for how in p["initialisers"]:
+        paths = list(smoke_book.results.rglob(f"compare/**/how {how}--*.json"))
+        assert len(paths) == 1, how
+        record = json.loads(paths[0].read_text())
+        assert record["seeds"] == list(range(p["how_seeds"]))
+        assert record["config"]["model"]["seed_batched"]
+        assert len(record["metrics"]["events"]) == p["how_growths"]
+
+
+@pytest.mark.slow
+def test_every_glued_key_of_the_prose_is_computed(smoke_book):
+    """The chapter's sentences paste numbers and verdicts; each key they paste must be glued
+    by the executed notebook (in any preset: the smoke one here)."""
+    import re
+
+    executed = json.loads((smoke_book.root / "book" / "chapters" / "compare.ipynb").read_text())
+    glued = {out["metadata"]["scrapbook"]["name"] for cell in executed["cells"]
+             for out in cell.get("outputs", []) if "scrapbook" in out.get("metadata", {})}
+    pasted = {key for cell in executed["cells"] if cell["cell_type"] == "markdown"
+              for key in re.findall(r"\{glue:text\}`([a-z0-9_]+)`", "".join(cell["source"]))}
+    assert pasted and pasted <= glued, sorted(pasted - glued)
