@@ -33,8 +33,9 @@ def toc_files() -> list[str]:
 
 
 def chapter_files() -> list[str]:
-    """The pages produced by the runner (executed notebooks)."""
-    return [name for name in toc_files() if name.startswith("book/chapters/")]
+    """The pages produced by the runner from notebooks (executed notebooks)."""
+    return [name for name in toc_files() if name.startswith("book/chapters/")
+            and (REPO_ROOT / "notebooks" / f"{Path(name).name}.ipynb").is_file()]
 
 
 def chromium() -> str | None:
@@ -158,6 +159,17 @@ def test_chapter_embeds_figures(require_build, page):
     assert images, f"{page}: no figure"
     for source in images:
         assert (html.parent / source).resolve().is_file(), f"{page}: missing {source}"
+
+
+@pytest.mark.slow
+def test_findings_page_has_every_chapters_verdicts(require_build):
+    text = (require_build.root / "book" / "chapters" / "findings.md").read_text()
+    html = (require_build.html / "book" / "chapters" / "findings.html").read_text()
+    for page in chapter_files():
+        name = Path(page).name
+        assert f"]({name}.ipynb)" in text, f"findings: no section for {name}"
+        assert f'href="{name}.html' in html, f"findings: no link to {name}"
+    assert re.search(r"In all: \d+ confirmed, \d+ contradicted, \d+ not resolved", text)
 
 
 @pytest.mark.slow

@@ -261,7 +261,7 @@ def test_the_methods_are_registry_plans():
     assert plan("periodic moment")["how"] == {"name": "block_moment", "moment_decay": 0.9}
 
 
-@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+@pytest.mark.parametrize("preset", ["lab", "cpu", "gpu"])
 def test_every_run_is_a_driver_configuration_whose_plan_fits_its_model(preset):
     from growcore.chapters import fragrow
     from growcore.driver import validate

@@ -18,6 +18,8 @@ ablations ``FRAGrow a=<alpha>`` (Table 8), ``<method> circulating`` (Table 9) an
 
 from __future__ import annotations
 
+import re
+
 from growcore import papers
 from growcore.images import (
     IMAGENET_MEAN,
@@ -34,9 +36,15 @@ from growcore.registry import build_plan
 from growcore.registry import entry as entry_of
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES
-from growcore.when import average_training_epochs
+from growcore.uncertainty import Estimate, mean_interval, paired_difference
+from growcore.when import (
+    average_training_epochs,
+    growth_interval,
+    max_interval,
+    overfitting_risk_level,
+)
 
-PRESETS = ("smoke", "cpu", "gpu")
+PRESETS = ("smoke", "lab", "cpu", "gpu")
 PAPER_NUMBERS = papers.load("fragrow")  # growcore/papers/fragrow.yml
 ARCHITECTURES = ("resnet", "vgg", "mobilenetv2")
 DATASETS = ("cifar10", "cifar100", "imagenet")
@@ -73,6 +81,7 @@ PARAMETERS = {
     "tables": Spec(list, item=int, choices=TABLES, min_length=1),
     "extra_plans": Spec(dict),
     "n_seeds": Spec(int, minimum=1),
+    "ablation_seeds": Spec(int, minimum=1),
     "device": Spec(str, choices=DEVICES),
     "threads": Spec(int, minimum=1),
     "reuse_records": Spec(bool),
@@ -268,12 +277,25 @@ def methods(tables: list[int], alphas: list[float]) -> list[str]:
     return list(dict.fromkeys(m for t in tables for m in wanted[t]))
 
 
+ABLATION_TABLES = (8, 9, 10)  # their runs take ``ablation_seeds`` seeds
+
+
+def seeds_of(p: dict, method: str) -> range:
+    """Seeds of a method's runs: ``n_seeds`` for the methods of Tables 1, 5 and 6 and of
+    ``extra_plans`` (the claims with verdicts), ``ablation_seeds`` for the methods that only
+    the ablation tables (8, 9, 10) use."""
+    main = methods([t for t in p["tables"] if t not in ABLATION_TABLES], p["alphas"])
+    ablation_only = method not in main and method != "FRAGrow" and method not in p[
+        "extra_plans"]
+    return range(p["ablation_seeds"] if ablation_only else p["n_seeds"])
+
+
 def experiments(p: dict) -> dict[str, dict]:
     """All runs of the chapter, name -> driver configuration (one seed each)."""
     extra = [*(["FRAGrow", "large"] if p["extra_plans"] else []), *p["extra_plans"]]
     runs = [config(p, r, method, seed) for r in range(len(p["regimes"]))
             for method in dict.fromkeys([*methods(p["tables"], p["alphas"]), *extra])
-            for seed in range(p["n_seeds"])]
+            for seed in seeds_of(p, method)]
     return {run["name"]: run for run in runs}
 
 
@@ -333,14 +355,16 @@ def table(number: int, records: dict[str, dict], p: dict, regime: str) -> list[d
     return rows
 
 
+PER_SEED = {"test": lambda r: r["metrics"]["final_test"],
+            "train": lambda r: r["metrics"]["final_train"],
+            "cost": lambda r: r["metrics"]["total_cost_flops"],
+            "e_bar": lambda r: [average_epochs(r)], "time": lambda r: [r["wall_time_s"]]}
+
+
 def _mean_of(found: list[dict], what: str) -> float:
     """Mean over the seeds of ``found`` of the final test or training error, the training
     FLOPs or E-bar; ``"time"``: mean wall time of the records (one seed each)."""
-    per_seed = {"test": lambda r: r["metrics"]["final_test"],
-                "train": lambda r: r["metrics"]["final_train"],
-                "cost": lambda r: r["metrics"]["total_cost_flops"],
-                "e_bar": lambda r: [average_epochs(r)], "time": lambda r: [r["wall_time_s"]]}
-    values = [value for r in found for value in per_seed[what](r)]
+    values = [value for r in found for value in PER_SEED[what](r)]
     return sum(values) / len(values) if values else float("nan")
 
 
@@ -371,7 +395,8 @@ def blocks_over_time(record: dict) -> tuple[list[float], list[int]]:
     ipe, total = record["iterations_per_epoch"], record["config"]["train"]["epochs"]
     steps = [(0.0, 0)]
     for event in record["metrics"]["events"]:
-        steps.append((event["iteration"] / ipe, steps[-1][1] + event["blocks_added"]))
+        # one block per event where the event does not say (as block_epochs reads it)
+        steps.append((event["iteration"] / ipe, steps[-1][1] + event.get("blocks_added", 1)))
     return [s for s, _ in steps] + [total], [b for _, b in steps] + [steps[-1][1]]
 
 
@@ -407,3 +432,424 @@ def show_table(number: int, title: str, records: dict[str, dict], p: dict):
     print(title)
     return frame
 
+
+
+# One colour per method across the chapter (seaborn's colour-blind palette); a variant of
+# Tables 9 and 10 keeps its policy's colour with its own line style.
+COLORS = {"FRAGrow": "#0173b2", "periodic": "#de8f05", "fast": "#8c4b14",
+          "convergent": "#029e73", "LipGrow": "#cc78bc", "large": "#d55e00",
+          "small": "#949494", "FRAGrow a=2": "#56b4e9", "FRAGrow a=6": "#000000"}
+VARIANT_STYLE = {"": "-", " circulating": "--", " moment": ":"}
+OTHER_COLOR = "#fbafe4"  # a method of extra_plans
+
+
+def style(method: str) -> dict:
+    """Colour and line style of ``method`` in every figure of the chapter."""
+    for suffix in (" circulating", " moment"):
+        if method.endswith(suffix):
+            return {"color": COLORS[method.removesuffix(suffix)], "ls": VARIANT_STYLE[suffix]}
+    return {"color": COLORS.get(method, OTHER_COLOR), "ls": "-"}
+
+
+def seed_runs(records: dict[str, dict], p: dict, regime: str, method: str) -> dict[int, dict]:
+    """The records of one regime and method, by seed."""
+    wanted = label(p, regime, method)
+    return {r["seeds"][0]: r for r in records.values() if r["name"].rsplit(" s", 1)[0] == wanted}
+
+
+def seed_values(records: dict[str, dict], p: dict, regime: str, method: str,
+                what: str) -> dict[int, float]:
+    """Per seed: the final test or training error in percentage points (``"test"``,
+    ``"train"``), the wall time in s (``"time"``), the training FLOPs (``"cost"``) or E-bar
+    in % of E_T (``"e_bar"``)."""
+    scale = {"test": 100.0, "train": 100.0, "time": 1.0, "cost": 1.0,
+             "e_bar": 100.0 / p["epochs"][p["regimes"].index(regime)]}[what]
+    return {seed: scale * PER_SEED[what](r)[0]
+            for seed, r in seed_runs(records, p, regime, method).items()}
+
+
+def paired(records: dict[str, dict], p: dict, regime: str, a: str, b, what: str,
+           ratio: bool = False) -> Estimate | None:
+    """``a - b`` over the seeds both ran (paired by seed; same split, same initial seed
+    network), or with ``ratio`` the mean of ``100 a / b`` per seed with its t interval. ``b``
+    is a method or a list of methods (then, per seed, the best of them: the lowest value).
+    None when the runs are missing."""
+    left = seed_values(records, p, regime, a, what)
+    rights = [seed_values(records, p, regime, m, what) for m in ([b] if isinstance(b, str)
+                                                                 else b)]
+    seeds = sorted(set(left).intersection(*rights))
+    if not seeds:
+        return None
+    x = [left[s] for s in seeds]
+    y = [min(r[s] for r in rights) for s in seeds]
+    return mean_interval([100 * u / v for u, v in zip(x, y)]) if ratio else \
+        paired_difference(x, y)
+
+
+def regime_kind(regime: str) -> str:
+    """``"overfit"`` for a regime that stands for CIFAR (the paper's overfitting data sets),
+    ``"underfit"`` for one that stands for ImageNet."""
+    return "underfit" if PAPER_DATA.get(regime, regime) == "ImageNet" else "overfit"
+
+
+KINDS = ("overfit", "underfit")  # the regimes' kinds: CIFAR-like and ImageNet-like
+MARGIN = 1.0  # points of test error within which "comparable" and "robust" hold
+
+
+def _both(text: str) -> dict[str, str]:
+    return dict.fromkeys(KINDS, text)
+
+
+# The claims of the slides that the chapter tests: key stem -> (source, statement per regime
+# kind, short name for the summary). A key is "<stem>_<kind>" ("fragrow_test_overfit").
+CLAIM_TEXT = {
+    "slow_train": ("Table 1", _both("slow growth raises the training error over the target "
+                                    "trained directly"),
+                   "slow growth raises the training error"),
+    "slow_test": ("Table 1", {
+        "overfit": "where the target overfits, slow growth lowers the test error",
+        "underfit": "where the target underfits, slow growth raises the test error"},
+        "slow growth moves the test error as the regime predicts"),
+    "fragrow_test": ("Table 5", {
+        "overfit": "FRAGrow's test error is below the target's (about 0.3 points on CIFAR)",
+        "underfit": "FRAGrow's test error is comparable to the target's (within 1 point; "
+                    "0.2 points worse on ImageNet)"},
+        "FRAGrow's test error against the target trained directly"),
+    "fragrow_time": ("Table 5", {
+        "overfit": "FRAGrow trains in less time than the target (about 80 % on CIFAR)",
+        "underfit": "FRAGrow trains in less time than the target (about 90 % on ImageNet)"},
+        "FRAGrow saves wall time"),
+    "fragrow_cost": ("Table 5 (time; FLOPs are our exact stand-in)",
+                     _both("FRAGrow trains with less compute than the target"),
+                     "FRAGrow saves training FLOPs"),
+    "vs_periodic": ("Table 6", _both("FRAGrow has a lower test error than periodic growth"),
+                    "FRAGrow beats periodic growth"),
+    "vs_convergent": ("Table 6", _both("FRAGrow has a lower test error than convergent "
+                                       "growth"), "FRAGrow beats convergent growth"),
+    "vs_lipgrow": ("Table 6", _both("FRAGrow has a lower test error than LipGrow"),
+                   "FRAGrow beats LipGrow"),
+    "faster": ("Table 5, discussion", {
+        "underfit": "FRAGrow grows faster than the slowest (periodic) schedule where the "
+                    "target underfits"}, "FRAGrow grows faster than periodic growth"),
+    "alpha": ("Table 8", _both("the chapter's alpha (the paper's 4) gives a lower test error "
+                               "than the other alphas"), "alpha = 4 is the best alpha"),
+    "order": ("Table 9", _both("FRAGrow is robust to the growth order: circulating growth "
+                               "changes its test error by less than 1 point"),
+              "robust to the growth order"),
+    "moment": ("Table 10", _both("FRAGrow is robust to the initialisation: moment growth "
+                                 "changes its test error by less than 1 point"),
+               "robust to the initialisation"),
+}
+
+
+def claim_keys(kind: str) -> list[str]:
+    """Every claim key the chapter may add for a regime kind (in the order of CLAIM_TEXT)."""
+    return [f"{stem}_{kind}" for stem, (_, texts, _) in CLAIM_TEXT.items() if kind in texts]
+
+
+def _measurements(records: dict[str, dict], p: dict, regime: str) -> dict:
+    """stem -> (measure, estimate, expect, threshold, margin) of one regime; the estimate is
+    None where the preset did not run the methods."""
+    over = regime_kind(regime) == "overfit"
+    others = [f"FRAGrow a={a:g}" for a in p["alphas"]]
+    measures = {
+        "slow_train": ("training error, periodic - large (points)",
+                       paired(records, p, regime, "periodic", "large", "train"), "above", 0),
+        "slow_test": ("test error, periodic - large (points)",
+                      paired(records, p, regime, "periodic", "large", "test"),
+                      "below" if over else "above", 0),
+        "fragrow_test": ("test error, FRAGrow - large (points)",
+                         paired(records, p, regime, "FRAGrow", "large", "test"),
+                         "below" if over else "within", 0),
+        "fragrow_time": ("wall time of FRAGrow in % of large's",
+                         paired(records, p, regime, "FRAGrow", "large", "time", ratio=True),
+                         "below", 100),
+        "fragrow_cost": ("training FLOPs of FRAGrow in % of large's",
+                         paired(records, p, regime, "FRAGrow", "large", "cost", ratio=True),
+                         "below", 100),
+        "vs_periodic": ("test error, FRAGrow - periodic (points)",
+                        paired(records, p, regime, "FRAGrow", "periodic", "test"), "below", 0),
+        "vs_convergent": ("test error, FRAGrow - convergent (points)",
+                          paired(records, p, regime, "FRAGrow", "convergent", "test"),
+                          "below", 0),
+        "vs_lipgrow": ("test error, FRAGrow - LipGrow (points)",
+                       paired(records, p, regime, "FRAGrow", "LipGrow", "test"), "below", 0),
+        "faster": ("E-bar, FRAGrow - periodic (% of E_T)",
+                   paired(records, p, regime, "FRAGrow", "periodic", "e_bar"), "above", 0),
+        "alpha": (f"test error, FRAGrow (alpha {p['alpha']:g}) - the best of alpha "
+                  f"{', '.join(f'{a:g}' for a in p['alphas'])} (points)",
+                  paired(records, p, regime, "FRAGrow", others, "test"), "below", 0),
+        "order": ("test error, FRAGrow circulating - FRAGrow (points)",
+                  paired(records, p, regime, "FRAGrow circulating", "FRAGrow", "test"),
+                  "within", 0),
+        "moment": ("test error, FRAGrow moment - FRAGrow (points)",
+                   paired(records, p, regime, "FRAGrow moment", "FRAGrow", "test"),
+                   "within", 0),
+    }
+    return {stem: (*m, MARGIN if m[2] == "within" else 0.0) for stem, m in measures.items()}
+
+
+def scale_words(p: dict, regime: str) -> str:
+    """The scale of a regime's runs, for the claims' table."""
+    r = p["regimes"].index(regime)
+    return (f"{p['preset']} preset: ResNet {'-'.join(map(str, p['seed_blocks']))} to "
+            f"{'-'.join(map(str, p['target_blocks']))}, {p['n_train'][r]} images, "
+            f"{p['epochs'][r]} epochs, {_count(p['n_seeds'], 'seed')} "
+            f"({p['ablation_seeds']} for Tables 8-10)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def add_claims(claims, records: dict[str, dict], p: dict) -> list[str]:
+    """Add to ``claims`` (a :class:`growcore.claims.Claims`) every claim of
+    :data:`CLAIM_TEXT` whose runs the preset made, per regime (the first regime of each kind;
+    others add their name to the key), and return the keys added."""
+    added, seen = [], set()
+    for regime in p["regimes"]:
+        kind = regime_kind(regime)
+        suffix = kind if kind not in seen else f"{kind}_{re.sub('[^a-z0-9]+', '_', regime.lower())}"
+        seen.add(kind)
+        for stem, (measure, estimate, expect, threshold, margin) in _measurements(
+                records, p, regime).items():
+            source, texts, _ = CLAIM_TEXT[stem]
+            if estimate is None or kind not in texts:
+                continue
+            key = f"{stem}_{suffix}"
+            claims.add(key, texts[kind], f"{source}; our {regime} regime", measure, estimate,
+                       expect=expect, threshold=threshold, margin=margin,
+                       scale=scale_words(p, regime))
+            added.append(key)
+    return added
+
+
+NOT_RUN = "not run under this preset"
+NOT_RUN_VALUE = "\u2014"  # an em dash where a number would stand
+
+
+def summary_words(claims, kind: str) -> str:
+    """The verdicts of a regime kind in words: "slow growth raises the training error:
+    confirmed; ..." (claims the preset did not run are left out; "identical runs" where the
+    paired runs did not differ at all)."""
+    parts = []
+    for stem in CLAIM_TEXT:
+        claim = claims.claims.get(f"{stem}_{kind}")
+        if claim is None:
+            continue
+        e = claim.estimate
+        words = claim.verdict if claim.verdict != "not resolved" else (
+            f"not resolved (n = {e.n}" + ("; identical runs)" if e.n > 1 and e.low == e.high
+                                          else ")"))
+        parts.append(f"{CLAIM_TEXT[stem][2]}: {words}")
+    return "; ".join(parts) + "." if parts else f"{NOT_RUN}."
+
+
+def final_orl(records: dict[str, dict], p: dict, regime: str) -> Estimate | None:
+    """FRAGrow's ORL (percentage points) at the last evaluation by ``E_T - E_F_min``, the
+    latest time the target may be complete, over the seeds (None without FRAGrow runs)."""
+    r = p["regimes"].index(regime)
+    deadline = p["epochs"][r] - p["finetune_min"][r]
+    found = [[o for e, o in zip(*orl_per_evaluation(run)) if e <= deadline]
+             for run in seed_runs(records, p, regime, "FRAGrow").values()]
+    last = [orl[-1] for orl in found if orl]
+    return mean_interval(last) if last else None
+
+
+def glue_texts(claims, records: dict[str, dict], p: dict) -> dict[str, str]:
+    """What the chapter's prose pastes beside the claims (key -> text): every claim key the
+    preset did not run says so (with its ``_verdict``, ``_estimate`` and ``_n``); per regime
+    kind the summary of its verdicts (``summary_<kind>``), FRAGrow's final ORL
+    (``orl_final_<kind>``) and the room for different schedules (``schedules_<kind>``)."""
+    texts = {}
+    for kind in KINDS:
+        for key in claim_keys(kind):
+            if key not in claims.claims:
+                texts.update({key: f"{CLAIM_TEXT[key.rsplit('_', 1)[0]][2]}: {NOT_RUN}.",
+                              f"{key}_verdict": NOT_RUN, f"{key}_estimate": NOT_RUN_VALUE,
+                              f"{key}_n": "0"})
+        texts[f"summary_{kind}"] = summary_words(claims, kind)
+        regime = next((r for r in p["regimes"] if regime_kind(r) == kind), None)
+        orl = final_orl(records, p, regime) if regime else None
+        texts[f"orl_final_{kind}"] = orl.format(".2g") if orl else NOT_RUN
+        room = schedules(records, p, regime) if regime else None
+        texts[f"schedules_{kind}"] = (
+            f"I_max = {room['i_max']:.3g} epoch{'' if room['i_max'] == 1 else 's'}, "
+            f"{room['distinct']} distinct growth schedules among {room['runs']} growing runs "
+            f"of seed 0" if room else NOT_RUN)
+    ablation = claims.claims.get("alpha_overfit")
+    texts["ablation_scale"] = (f"ran with {_count(ablation.estimate.n, 'seed')} in the "
+                               f"overfitting regime" if ablation else f"were {NOT_RUN}")
+    texts["run_scale"] = "; ".join(f"the {regime} regime under the " + scale_words(p, regime)
+                                   for regime in p["regimes"])
+    return texts
+
+
+def schedules(records: dict[str, dict], p: dict, regime: str) -> dict:
+    """The room for different schedules in a regime: ``i_max`` (epochs), the growing runs of
+    seed 0 and how many distinct growth schedules (iterations of the growth events) they
+    have."""
+    r = p["regimes"].index(regime)
+    n_blocks = sum(stage_counts(p["architecture"], p["target_blocks"])) - sum(
+        stage_counts(p["architecture"], p["seed_blocks"]))
+    growing = [m for m in methods(p["tables"], p["alphas"]) if m not in ("small", "large")]
+    runs = [seed_runs(records, p, regime, m).get(0) for m in growing]
+    found = {tuple(e["iteration"] for e in run["metrics"]["events"]) for run in runs if run}
+    return {"i_max": max_interval(p["epochs"][r], p["finetune_min"][r], n_blocks),
+            "runs": sum(run is not None for run in runs), "distinct": len(found)}
+
+
+def orl_per_evaluation(record: dict) -> tuple[list[float], list[float]]:
+    """Epochs and ORL (eq. 2, percentage points) of every evaluation of a run that has a
+    training and a validation error, from its record (whether the policy consulted it or
+    not: the deadline rule grows without reading it)."""
+    ipe = record["iterations_per_epoch"]
+    rows = [e for e in record["metrics"]["evals"][0] if "train_error" in e and "val_error" in e]
+    return ([e["iteration"] / ipe for e in rows],
+            [overfitting_risk_level(e["train_error"], e["val_error"]) for e in rows])
+
+
+TIMING_GROUPS = {
+    "when-policies (Tables 1, 6)": ["periodic", "fast", "convergent", "LipGrow", "FRAGrow"],
+    "alpha (Table 8)": ["FRAGrow a=2", "FRAGrow", "FRAGrow a=6"],
+    "order, initialisation (Tables 9, 10)": [f"{m} {v}" for v in ("circulating", "moment")
+                                             for m in GROWING],
+}
+
+
+def timing_groups(p: dict) -> dict[str, list[str]]:
+    """The panels of the timing figure (at most six runs each): the growing methods the preset
+    ran, by the tables that compare them; the extra plans beside FRAGrow."""
+    ran = set(methods(p["tables"], p["alphas"]))
+    groups = {title: [m for m in group if m in ran] for title, group in TIMING_GROUPS.items()}
+    groups["alpha (Table 8)"] = [m for m in dict.fromkeys(
+        sorted([m for m in ran if m.startswith("FRAGrow a=")] + ["FRAGrow"],
+               key=lambda m: float(m.split("=")[1]) if "=" in m else p["alpha"]))
+        if 8 in p["tables"]]
+    if p["extra_plans"]:
+        groups["extra_plans"] = ["FRAGrow", *p["extra_plans"]][:6]
+    return {title: group for title, group in groups.items() if group}
+
+
+def plot_timing(records: dict[str, dict], p: dict):
+    """Blocks added over the epochs (seed 0), one row per regime and one panel per group of
+    :func:`timing_groups`; the legend gives each method's E-bar, the mean over its seeds."""
+    import matplotlib.pyplot as plt
+
+    groups = timing_groups(p)
+    longest = max(map(len, groups.values()))  # legend rows under every panel
+    fig, axes = plt.subplots(len(p["regimes"]), len(groups), squeeze=False, sharey=True,
+                             layout="constrained",
+                             figsize=(4.4 * len(groups),
+                                      (3.0 + 0.17 * longest) * len(p["regimes"])))
+    for row, regime in zip(axes, p["regimes"]):
+        r = p["regimes"].index(regime)
+        for ax, (title, group) in zip(row, groups.items()):
+            for method in group:
+                runs = seed_runs(records, p, regime, method)
+                e_bar = sum(map(average_epochs, runs.values())) / len(runs)
+                x, y = blocks_over_time(runs[min(runs)])
+                ax.step(x, y, where="post", lw=1.6, **style(method),
+                        label=f"{method} (E-bar {e_bar:.1f}, n = {len(runs)})")
+            ax.axvline(p["epochs"][r] - p["finetune_min"][r], color="grey", ls=":", lw=1)
+            ax.set(title=f"{regime}: {title}", xlabel="epoch", ylabel="blocks added")
+            ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                      frameon=False)  # below the panel, never over a line
+    return fig
+
+
+def plot_orl(records: dict[str, dict], p: dict):
+    """FRAGrow's ORL at every evaluation (left; dotted: alpha) and the interval eq. (3) sets
+    for it, relative to I_max (right), one row per regime: the mean over seeds with the
+    seeds as thin lines (:func:`growcore.plots.band`)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from growcore.plots import band
+
+    fig, axes = plt.subplots(len(p["regimes"]), 2, squeeze=False, layout="constrained",
+                             figsize=(10, 2.9 * len(p["regimes"])))
+    line = {"color": COLORS["FRAGrow"], "marker": "o", "ms": 3}
+    for (left, right), regime in zip(axes, p["regimes"]):
+        r = p["regimes"].index(regime)
+        runs = seed_runs(records, p, regime, "FRAGrow")
+        traces = [orl_per_evaluation(runs[s]) for s in sorted(runs)]
+        x, orl = traces[0][0], np.array([t[1] for t in traces])
+        band(left, x, orl, "FRAGrow", **line)
+        band(right, x, np.vectorize(lambda o: growth_interval(o, p["alpha"], 1.0))(orl),
+             "FRAGrow", **line)
+        left.axhline(p["alpha"], color="grey", ls=":", lw=1)
+        for ax in (left, right):
+            ax.axvline(p["epochs"][r] - p["finetune_min"][r], color="grey", ls=":", lw=1)
+        left.set(title=f"{regime} (n = {len(runs)})", xlabel="epoch",
+                 ylabel="ORL (percentage points)")
+        right.set(title=regime, xlabel="epoch", ylabel="I / I_max", ylim=(0, 1.05))
+    return fig
+
+
+def interval_check(alpha: float, total_epochs: float, finetune_min: float, n_blocks: int,
+                   errors: list[tuple[float, float]]) -> list[float]:
+    """The interval :class:`growcore.when.FRAGrow` sets after evaluations with the given
+    ``(training error, validation error)`` pairs (fractions), in epochs: what an exercise's
+    own implementation of eqs. (2)-(4) is checked against."""
+    from growcore.train import History
+    from growcore.when import FRAGrow
+
+    policy = FRAGrow(1, n_blocks, total_epochs, finetune_min, alpha=alpha)
+    return [policy.interval(History(evals=[{"iteration": i + 1, "train_error": [train],
+                                            "val_error": [val]}]))
+            for i, (train, val) in enumerate(errors)]
+
+
+
+PAIRED_METHODS = ("small", "periodic", "fast", "convergent", "LipGrow", "FRAGrow")
+
+
+def paired_frame(records: dict[str, dict], p: dict, what: str = "test"):
+    """Per regime, method and seed: ``what`` (:func:`seed_values`) minus the target trained
+    directly (``large``) of the same seed, for the methods of Tables 1, 5 and 6 the preset
+    ran (a DataFrame with columns regime, method, seed, difference)."""
+    import pandas as pd
+
+    rows = []
+    for regime in p["regimes"]:
+        large = seed_values(records, p, regime, "large", what)
+        for method in PAIRED_METHODS:
+            for seed, value in seed_values(records, p, regime, method, what).items():
+                if seed in large:
+                    rows.append({"regime": regime, "method": method, "seed": seed,
+                                 "difference": value - large[seed]})
+    return pd.DataFrame(rows, columns=["regime", "method", "seed", "difference"])
+
+
+def plot_paired(records: dict[str, dict], p: dict):
+    """Test and training error of every method minus the target's, paired by seed, one row
+    per regime: the seeds as points and their mean (a diamond), with its 95 % t interval
+    (:func:`growcore.uncertainty.errorbar`) from :data:`~growcore.uncertainty.MIN_BAND`
+    seeds on (below, the seeds themselves show the spread)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from growcore.uncertainty import MIN_BAND, errorbar
+
+    fig, axes = plt.subplots(len(p["regimes"]), 2, squeeze=False, layout="constrained",
+                             figsize=(10, 3.2 * len(p["regimes"])))
+    for column, what in enumerate(("test", "train")):
+        frame = paired_frame(records, p, what)
+        for row, regime in zip(axes, p["regimes"]):
+            ax, data = row[column], frame[frame["regime"] == regime]
+            order = [m for m in PAIRED_METHODS if m in set(data["method"])]
+            palette = {m: COLORS[m] for m in order}
+            sns.stripplot(data, x="method", y="difference", hue="method", order=order,
+                          palette=palette, ax=ax, size=4, alpha=0.6, jitter=0.15,
+                          legend=False)
+            n = data.groupby("method")["seed"].nunique().min() if len(data) else 0
+            sns.pointplot(data, x="method", y="difference", hue="method", order=order,
+                          palette=palette, ax=ax, linestyle="none", marker="D",
+                          errorbar=errorbar if n >= MIN_BAND else None, markersize=6,
+                          capsize=0.2, legend=False)
+            ax.axhline(0, color="grey", lw=1)
+            ax.set(title=f"{regime}: {what} error", xlabel="",
+                   ylabel=f"{what} error - large (points)")
+            ax.tick_params(axis="x", labelsize="small", labelrotation=20)
+    return fig
