@@ -191,7 +191,7 @@ class Claims:
         import pandas as pd
 
         rows = [{"claim": c.statement, "paper": c.source, "measure": c.measure,
-                 "study": c.estimate.format(self.spec).split(" (n")[0],
+                 "study": c.estimate.format(self.spec).split(" (n = ")[0],
                  "n": c.estimate.n, "verdict": c.verdict_words()}
                 for c in self.claims.values()]
         return pd.DataFrame(rows, columns=["claim", "paper", "measure", "study", "n",

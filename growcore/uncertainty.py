@@ -56,6 +56,8 @@ class Estimate:
         """``mean [low, high] (n = N)`` with every number formatted by ``spec``."""
         if math.isnan(self.low):
             return f"{self.mean:{spec}} (n = {self.n}, no interval)"
+        if self.method == "exact":
+            return f"{self.mean:{spec}} (exact, n = {self.n})"
         return f"{self.mean:{spec}} [{self.low:{spec}}, {self.high:{spec}}] (n = {self.n})"
 
     def __str__(self) -> str:

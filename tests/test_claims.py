@@ -36,6 +36,12 @@ def test_mean_interval_is_the_t_interval_by_hand():
     assert str(e) == f"{7 / 3:.3g} [{7 / 3 - half:.3g}, {7 / 3 + half:.3g}] (n = 3)"
 
 
+def test_an_exact_number_prints_without_an_interval():
+    e = Estimate(0.873, 0.873, 0.873, 1000, "exact")
+    assert str(e) == "0.873 (exact, n = 1000)"
+    assert Claim("k", "s", "t", "m", e, "below", 1.0).verdict == "confirmed"
+
+
 def test_one_value_has_no_interval():
     e = mean_interval([0.5])
     assert math.isnan(e.low) and math.isnan(e.high)
