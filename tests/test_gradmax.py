@@ -360,24 +360,6 @@ def test_teacher_student_pairs_random_and_gradmax_over_many_batched_seeds():
     assert runs["public GradMax"]["seeds"] == list(range(5))
 
 
-def test_paired_difference_interval_and_verdicts():
-    import numpy as np
-    from scipy import stats
-
-    from growcore.chapters.gradmax import paired_difference
-
-    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 3.1, 3.9, 5.2]
-    d = paired_difference(a, b)
-    diffs = [-1.0, -1.1, -0.9, -1.2]
-    half = stats.t.ppf(0.975, 3) * np.std(diffs, ddof=1) / 2
-    assert d["mean"] == pytest.approx(-1.05) and d["high"] == pytest.approx(-1.05 + half)
-    assert d["verdict"] == "confirmed" and d["a_lower"] == 4 and d["n"] == 4
-    assert paired_difference(b, a)["verdict"] == "contradicted"
-    assert paired_difference([1.0, 2.0, 3.0], [2.0, 1.0, 3.5])["verdict"] == "not resolved"
-    with pytest.raises(ValueError, match="one entry per seed"):
-        paired_difference([1.0, 2.0], [1.0])
-
-
 def test_site_report_measures_what_theory_predicts():
     """On a small VGG11 with train-mode BatchNorm: the new units' incoming gradient is
     linear in their outgoing norm (the two epsilon sides differ by the ratio of the norms),

@@ -8,10 +8,12 @@ Every run is a configuration of :mod:`growcore.driver` (:func:`experiments`), na
 ``"<group> <method>"`` (``"small GradMax"``, ``"vgg11 Firefly-Opt"``, ``"vgg11 GradMax [epsilon
 outgoing]"``): the method of a record is the second part of its name (:func:`method_of`).
 
-Analyses beside the runs: paired differences over seeds (:func:`paired_difference`), the new
-units' gradient norms and the exact-vs-used statistics at every growth site of a CIFAR model
-(:func:`site_report`), and the auxiliary kernel of a strided producer
-(:func:`strided_auxiliary_report`).
+Analyses beside the runs: differences paired by seed (:func:`paired`, :func:`paired_estimate`,
+:func:`paired_frame`, on :func:`growcore.uncertainty.paired_difference`; the verdicts come from
+:mod:`growcore.claims`), the cost of a growth step in training steps (:func:`growth_step_cost`,
+:func:`growth_step_ratios`), the new units' gradient norms and the exact-vs-used statistics at
+every growth site of a CIFAR model (:func:`site_report`), and the auxiliary kernel of a
+strided producer (:func:`strided_auxiliary_report`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 
-from growcore import papers, plots, results
+from growcore import papers, results
 from growcore.data import Split
 from growcore.driver import load_data
 from growcore.how import GradMax, GradMaxOpt, Random
@@ -43,8 +46,9 @@ from growcore.runtime import DEVICES
 from growcore.stats import Probe, TargetNorm, collect, gradient_matrix, outgoing_norms
 from growcore.stats.gradmax import STATISTICS, strided_auxiliary_matrix
 from growcore.train import train
+from growcore.uncertainty import MIN_BAND, Estimate, errorbar, paired_difference
 
-PRESETS = ("smoke", "cpu", "gpu")
+PRESETS = ("smoke", "lab", "cpu", "gpu")
 PAPER_NUMBERS = papers.load("gradmax")  # growcore/papers/gradmax.yml
 TS_METHODS = ("Baseline-Small", "Baseline-Big", "Random", "GradMaxOpt", "GradMax")
 CIFAR_METHODS = ("Baseline-Small", "Baseline-Big", "Random", "Firefly-Opt", "GradMax")
@@ -84,6 +88,7 @@ PARAMETERS = {
     "fig2c_steps": Spec(int, minimum=1),
     "alignment_batch_sizes": Spec(list, item=int, minimum=1, min_length=1),
     "alignment_draws": Spec(int, minimum=1),
+    "cost_repeats": Spec(int, minimum=2),
     "image_dataset": Spec(str, choices=IMAGE_DATASETS),
     "data_root": Spec(str),
     "image_size": Spec(int, minimum=8),
@@ -363,44 +368,143 @@ def ts_experiments(p: dict) -> dict[str, dict]:
     return {name: {**config, "name": name} for name, config in runs.items()}
 
 
-def paired_difference(a, b, level: float = 0.95) -> dict:
-    """Paired differences ``a - b`` over seeds (``a[i]`` and ``b[i]`` from the same seed): the
-    mean, its t interval at ``level``, the seeds where ``a`` is lower, n, and the verdict on the
-    claim "a is lower than b": ``"confirmed"`` (interval below 0), ``"contradicted"`` (above),
-    else ``"not resolved"``."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired values need one entry per seed each, got {a.shape} and "
-                         f"{b.shape}")
-    mean, half = (float(v[0]) for v in plots.mean_band((a - b)[:, None], level))
-    verdict = ("confirmed" if mean + half < 0 else "contradicted" if mean - half > 0
-               else "not resolved")
-    return {"mean": mean, "low": mean - half, "high": mean + half, "level": level,
-            "a_lower": int((a < b).sum()), "n": len(a), "verdict": verdict}
+# ---------------------------------------------------------------------------------------------
+# Paired comparisons, colours and costs (the book's convention: growcore.uncertainty)
+
+# One colour per method in every figure of the chapter (seaborn's colour-blind palette); a
+# run with epsilon on the other side keeps its method's colour and is dashed (style_of).
+COLORS = {"Baseline-Small": "#949494", "Baseline-Big": "#000000", "Random": "#0173b2",
+          "GradMaxOpt": "#de8f05", "Firefly-Opt": "#029e73", "GradMax": "#d55e00"}
 
 
-def paired_table(records: dict[str, dict], a: str, b: str, groups: tuple[str, ...],
-                 subsets: tuple[tuple[int | None, float], ...] = ((None, 0.95),)) -> str:
-    """``a - b`` (methods, e.g. GradMax - Random) of the runs ``"<group> <method>"`` of every
-    group, paired by seed, on the final training loss and the final test MSE (the final model,
-    after the last update), for each (first n seeds or all, interval level) of ``subsets``."""
-    lines = [f"{'teacher':10s} {'measure':20s} {'seeds':>5s} {'level':>5s} "
-             f"{a + ' - ' + b:>26s} {a + ' lower':>14s}  verdict on '{a} lower'"]
-    for group in groups:
-        ra, rb = records[f"{group} {a}"], records[f"{group} {b}"]
-        common = [s for s in ra["seeds"] if s in rb["seeds"]]
-        teacher = ":".join(map(str, ra["config"]["data"]["teacher"]))
-        for measure, key in (("final training loss", "final_train"),
-                             ("final test MSE", "final_test")):
-            va = dict(zip(ra["seeds"], ra["metrics"][key]))
-            vb = dict(zip(rb["seeds"], rb["metrics"][key]))
-            for n, level in subsets:
-                chosen = common[:n]
-                d = paired_difference([va[s] for s in chosen], [vb[s] for s in chosen], level)
-                lines.append(f"{teacher:10s} {measure:20s} {d['n']:5d} {level:5.0%} "
-                             f"{d['mean']:+10.4f} [{d['low']:+.4f}, {d['high']:+.4f}] "
-                             f"{d['a_lower']:9d}/{d['n']:<4d}  {d['verdict']}")
-    return "\n".join(lines)
+def color_of(method: str) -> str:
+    """The colour of ``method`` (a name of :func:`method_of`) in the chapter's figures."""
+    return COLORS[paper_method(method)]
+
+
+def style_of(method: str) -> str:
+    """The line style of ``method``: dashed for a run with epsilon on the other side."""
+    return "--" if "[" in method else "-"
+
+
+def paired(records: dict[str, dict], a: str, b: str, key: str, n: int | None = None,
+           scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``scale`` times the per-seed metric ``key`` of the runs ``a`` and ``b`` on the seeds
+    they share (the first ``n`` of them, default all), in the same seed order: the two
+    arguments of :func:`growcore.uncertainty.paired_difference`."""
+    va = dict(zip(records[a]["seeds"], records[a]["metrics"][key]))
+    vb = dict(zip(records[b]["seeds"], records[b]["metrics"][key]))
+    seeds = [s for s in records[a]["seeds"] if s in vb][:n]
+    if not seeds:
+        raise ValueError(f"runs {a!r} and {b!r} share no seed")
+    return (scale * np.array([va[s] for s in seeds], dtype=float),
+            scale * np.array([vb[s] for s in seeds], dtype=float))
+
+
+def paired_estimate(records: dict[str, dict], a: str, b: str, key: str,
+                    n: int | None = None, scale: float = 1.0) -> Estimate:
+    """``a - b`` of the metric ``key``, paired by seed (:func:`paired`), with its 95 % t
+    interval."""
+    return paired_difference(*paired(records, a, b, key, n, scale))
+
+
+def paired_frame(records: dict[str, dict], rows: dict[str, tuple]) -> pd.DataFrame:
+    """One row per label -> ``(a, b, key, n, scale)`` (see :func:`paired`): the paired
+    difference ``a - b`` with its interval and n, and in how many seeds ``a`` is lower."""
+    out = []
+    for label, (a, b, key, n, scale) in rows.items():
+        va, vb = paired(records, a, b, key, n, scale)
+        d = paired_difference(va, vb)
+        out.append({"comparison": label, "a - b": d.format(".3g").split(" (n")[0],
+                    "n": d.n, "a lower": f"{int((va < vb).sum())} of {d.n}"})
+    return pd.DataFrame(out, columns=["comparison", "a - b", "n", "a lower"])
+
+
+def points(ax, frame: pd.DataFrame, x: str, y: str, hue: str = "method", **kwargs) -> None:
+    """The mean of ``y`` per ``x`` and ``hue`` (seaborn's pointplot, the method colours of
+    :data:`COLORS`) with the book's 95 % t interval over the units of each group, computed
+    in log space when ``ax`` is already log-scaled; with fewer than
+    :data:`~growcore.uncertainty.MIN_BAND` units in a group, the units themselves as points
+    beside a mean without an interval."""
+    import seaborn as sns
+
+    palette = {m: color_of(m) for m in frame[hue].unique()}
+    few = frame.groupby([x, hue]).size().min() < MIN_BAND
+    levels = frame[hue].nunique()
+    if few:  # stripplot's dodge spreads the levels over 0.8; the means sit on the same spots
+        sns.stripplot(data=frame, x=x, y=y, hue=hue, palette=palette, dodge=True, size=4,
+                      jitter=0.05, alpha=0.5, legend=False, ax=ax, **kwargs)
+    sns.pointplot(data=frame, x=x, y=y, hue=hue, palette=palette,
+                  dodge=0.8 * (levels - 1) / levels, errorbar=None if few else errorbar,
+                  linestyles="none", ax=ax, **kwargs)
+
+
+def per_seed_mean(values) -> np.ndarray:
+    """The mean over every axis but the first (seeds): Fig. 2a's [seed][growth](repeat)
+    norms or Fig. 2c's [seed][growth] gaps -> one number per seed."""
+    v = np.asarray(values, dtype=float)
+    return v.reshape(len(v), -1).mean(axis=1)
+
+
+def adjusted_gradient_log(record: dict, after: int) -> np.ndarray:
+    """Per seed, the mean over the steps from ``after`` on of the log of the gradient norm
+    divided by the training loss (Fig. 2b's adjusted gradient norm)."""
+    ratio = (np.asarray(record["metrics"]["grad_norm"], dtype=float)
+             / np.asarray(record["metrics"]["loss"], dtype=float))
+    return np.log(ratio[:, after:]).mean(axis=1)
+
+
+def growth_step_ratios(record: dict) -> np.ndarray:
+    """Per seed of a run made one seed at a time: the mean wall time of its growth steps over
+    the mean wall time of its training steps (Fig. 3c)."""
+    metrics = record["metrics"]
+    return np.array([np.mean(g) / t for g, t in zip(metrics["growth_time"],
+                                                      metrics["step_time"])])
+
+
+def growth_step_cost(model, split: Split, how, repeats: int, lr: float = 0.1,
+                     loss: str = "mse") -> np.ndarray:
+    """The wall time of one growth step by ``how`` (one new unit at the first width site,
+    statistics on all of ``split``) over that of one full-batch training step of ``model``
+    (forward, backward, SGD update), for ``repeats`` timed repeats of each; the training
+    steps run on a copy, so ``model`` is unchanged."""
+    import copy
+
+    site = model.width_sites()[0]
+    trained = copy.deepcopy(model)
+    optimiser = torch.optim.SGD(trained.parameters(), lr=lr)
+
+    def step():
+        optimiser.zero_grad()
+        LOSSES[loss](trained(split.X_train)[None], split.y_train).sum().backward()
+        optimiser.step()
+
+    def grow():
+        widen(model, [Proposal(site, 1)], how, Probe(split, loss))
+
+    times = {}
+    for name, action in (("step", step), ("grow", grow)):
+        action()  # warm-up
+        times[name] = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            action()
+            times[name].append(time.perf_counter() - start)
+    return np.asarray(times["grow"]) / np.mean(times["step"])
+
+
+def theory_student(n_points: int, steps: int, lr: float, seed: int = 0) -> tuple[Split, object]:
+    """The 20:5:10 student of the theory section and the exercises: the 20:10:10 teacher's
+    task (``n_points`` points, seed ``seed``) and a student trained ``steps`` full-batch steps
+    from ``torch.manual_seed(seed)``; returns ``(split, student)``."""
+    from growcore.data import teacher_student
+    from growcore.models.mlp import MLP
+
+    split, _ = teacher_student([20, 10, 10], n_points, seed=seed)
+    torch.manual_seed(seed)
+    student, _ = train(MLP([20, 5, 10]), split, iterations=steps, lr=lr, loss="mse",
+                       progress=False)
+    return split, student
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,23 +652,6 @@ def first_growth(model, p: dict) -> list:
     from growcore.where import GrowToWidths
 
     return GrowToWidths(p["cifar_factor"], p["cifar_growths"])(model, width_sites(model))[0]
-
-
-def paired_lines(records: dict[str, dict], pairs: dict[str, tuple[str, str]],
-                 key: str = "final_test", scale: float = 100.0, unit: str = " pp",
-                 level: float = 0.95) -> str:
-    """``a - b`` of the metric ``key`` (times ``scale``) for each label -> (run a, run b) of
-    ``pairs``, paired by seed, with its interval and the verdict on "a is lower"."""
-    lines = [f"{'claim: a lower than b':44s} {'a - b':>28s}  a lower  verdict"]
-    for label, (a, b) in pairs.items():
-        va = dict(zip(records[a]["seeds"], records[a]["metrics"][key]))
-        vb = dict(zip(records[b]["seeds"], records[b]["metrics"][key]))
-        seeds = [seed for seed in va if seed in vb]
-        d = paired_difference([scale * va[s] for s in seeds], [scale * vb[s] for s in seeds],
-                              level)
-        lines.append(f"{label:44s} {d['mean']:+8.2f}{unit} [{d['low']:+.2f}, {d['high']:+.2f}] "
-                     f"{d['a_lower']:4d}/{d['n']:<3d}  {d['verdict']}")
-    return "\n".join(lines)
 
 
 def _alignment(A: torch.Tensor, B: torch.Tensor) -> float:
