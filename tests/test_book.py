@@ -12,6 +12,7 @@ import nbformat
 import pytest
 import yaml
 
+from growcore.claims import FINDINGS
 from growcore.runner import REGISTRY_PAGE, REPO_ROOT, RunnerError, main, run_notebooks
 
 REMOTE_RESOURCE = re.compile(
@@ -127,8 +128,10 @@ def test_runs_preset_in_venv_kernel_and_passes_environment(project, monkeypatch)
     assert Path(marker.read_text()).resolve() == Path(sys.executable).resolve()
     executed = nbformat.read(project / "out" / "alpha.ipynb", as_version=4)
     assert executed.cells[-1].outputs[0]["text"].strip() == str(project / "records")
-    # the executed notebook and the registry's table (included by the intro), no temporary file
-    assert sorted(p.name for p in (project / "out").iterdir()) == ["alpha.ipynb", REGISTRY_PAGE]
+    # the executed notebook, the findings page and the registry's table (included by the
+    # intro), no temporary file
+    assert sorted(p.name for p in (project / "out").iterdir()) == [
+        "alpha.ipynb", FINDINGS, REGISTRY_PAGE]
 
 
 # -- the book, built from the smoke preset ------------------------------------------------

@@ -155,3 +155,65 @@ def test_timing_panels_hold_at_most_six_runs_and_colours_are_fixed_per_method():
     assert fragrow.style("FRAGrow circulating")["ls"] != fragrow.style("FRAGrow moment")["ls"]
     colours = [fragrow.COLORS[m] for m in fragrow.COLORS]
     assert len(set(colours)) == len(colours)
+
+
+# ---------------------------------------------------------------- ImageNet streamed from disk
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """The streaming tests' ImageFolder tree: 3 classes, 12 training and 6 test JPEGs."""
+    from test_streaming_train import write_tree
+
+    return write_tree(tmp_path_factory.mktemp("imagefolder"))
+
+
+def _streamed(tree, **overrides) -> dict:
+    """The smoke preset on the tree, streamed by two workers at 32 px: 3 of the 12 training
+    images held out, batches of 4, both regimes augmented."""
+    from growcore.runner import notebook_parameters
+
+    tiny = {"dataset": "imagenet", "data_root": str(tree), "stream": True, "num_workers": 2,
+            "image_size": 32, "augment": [True, True], "n_val": 3, "batch_size": 4}
+    return notebook_parameters("fragrow", "smoke", **{**tiny, **overrides})
+
+
+def test_stream_builds_the_drivers_streamed_config_for_every_run(tree):
+    """With stream every run's data section is the driver's streamed one: the tree under
+    data_root at image_size, num_workers processes, n_val held out (split_seed 0), and no
+    n_train or n_test, which a stream does not read (not even checked against the tree: 5000
+    training and the smoke preset's 64 test images are refused in memory, ignored streamed).
+    The driver accepts it as it is."""
+    from growcore import driver
+    from growcore.params import ParameterError
+
+    p = fragrow.validate(_streamed(tree, n_train=[5000, 5000]))
+    data = {"name": "imagenet", "root": str(tree), "image_size": 32, "stream": True,
+            "num_workers": 2, "n_val": 3, "split_seed": 0}
+    runs = fragrow.experiments(p)
+    assert len(runs) > 2 and all(config["data"] == data for config in runs.values())
+    config = runs["resnet overfitting FRAGrow s0"]
+    assert driver.is_streamed(driver.validate(config)["data"])
+    assert driver.run_experiment(config, device="cpu", check_only=True)["data"] == data
+    with pytest.raises(ParameterError, match="parameter 'n_train'"):
+        fragrow.validate(_streamed(tree, n_train=[5000, 5000], stream=False,
+                                   augment=[False, True]))
+    in_memory = fragrow.data_section(fragrow.validate(_streamed(
+        tree, stream=False, n_train=[6, 8], n_test=4)), 1)
+    assert "stream" not in in_memory and (in_memory["n_train"], in_memory["n_test"]) == (8, 4)
+
+
+@pytest.mark.parametrize(("changes", "name", "fragment"), [
+    ({"dataset": "cifar10"}, "stream", "needs dataset 'imagenet'"),
+    ({"dataset": "cifar100"}, "stream", "got dataset 'cifar100'"),
+    ({"augment": [False, True]}, "augment", "always augments"),
+    ({"n_val": 12}, "n_val", "has 12"),
+    ({"batch_size": 10}, "batch_size", "the 9 training images streamed"),
+    ({"num_workers": -1}, "num_workers", ">= 0"),
+    ({"stream": 1}, "stream", "bool"),
+])
+def test_bad_streamed_parameters_are_refused_by_name(tree, changes, name, fragment):
+    """Refused by fragrow.validate, before any image is decoded or any run starts."""
+    from growcore.params import ParameterError
+
+    with pytest.raises(ParameterError, match=f"parameter '{name}'") as error:
+        fragrow.validate(_streamed(tree, **changes))
+    assert fragment in str(error.value)

@@ -110,3 +110,89 @@ def test_lab_preset_keeps_the_papers_teacher_student_schedule_with_fewer_seeds()
         assert lab[name] == cpu[name], name
     assert 5 < lab["ts_paired_seeds"] < cpu["ts_paired_seeds"]
     assert lab["cifar_steps"] < cpu["cifar_steps"] and lab["cifar_both_sides"]
+
+
+# ---------------------------------------------------------------- ImageNet streamed from disk
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """The streaming tests' ImageFolder tree: 3 classes, 12 training and 6 test JPEGs."""
+    from test_streaming_train import write_tree
+
+    return write_tree(tmp_path_factory.mktemp("imagefolder"))
+
+
+def _streamed(tree, **overrides) -> dict:
+    """The chapter's parameters for MobileNet-v1 on the tree at 224 px, streamed by two
+    workers: width x0.0625 widened x2 by one growth at step 2 of 4, batch 4, one seed."""
+    tiny = {"image_dataset": "imagenet", "data_root": str(tree), "cifar_models": ["mobilenet_v1"],
+            "stream": True, "num_workers": 2, "image_size": 224, "cifar_train": 0,
+            "cifar_test": 0, "cifar_seeds": 1, "cifar_width": 0.0625, "cifar_factor": 2.0,
+            "cifar_steps": 4, "cifar_first_growth": 2, "cifar_interval": 2, "cifar_growths": 1,
+            "cifar_batch_size": 4, "cifar_both_sides": False, "progress": False}
+    return notebook_parameters("gradmax", "smoke", **{**tiny, **overrides})
+
+
+def test_stream_builds_the_drivers_streamed_imagenet_config(tree):
+    """With stream the image runs' data section is the driver's streamed one (the tree under
+    data_root at image_size, num_workers decoding processes, no subset sizes), which the
+    driver accepts and opens as a stream of every training image in batches of
+    cifar_batch_size; without it, the in-memory subsets as before."""
+    from growcore import driver
+
+    p = chapter.validate(_streamed(tree))
+    data = {"name": "imagenet", "root": str(tree), "image_size": 224, "stream": True,
+            "num_workers": 2}
+    configs = chapter.cifar_experiments(p)
+    assert len(configs) == len(chapter.CIFAR_METHODS)
+    assert all(config["data"] == data for config in configs.values())
+    config = driver.validate(configs["mobilenet_v1 GradMax"])
+    assert driver.is_streamed(config["data"]) and set(data) <= set(driver.STREAM_DATA)
+    source = driver.open_stream(config, 0, "cpu")
+    stream = source.stream
+    assert (stream.n_examples, stream.n_test, stream.size) == (12, 6, 224)
+    assert (stream.batch_size, stream.num_workers, len(stream.validation)) == (4, 2, 0)
+    assert source.sample.X_train.shape == (12, 3, 224, 224)
+    images, about = chapter.load_images(p)
+    assert images is None and (about["n_train"], about["n_test"]) == (12, 6)
+    assert about["batch"].X_train.shape == (4, 3, 224, 224)
+    in_memory = chapter.image_data(chapter.validate(_streamed(tree, stream=False)))
+    assert "stream" not in in_memory and in_memory["image_size"] == 224
+    assert {"n_train", "n_test", "augment"} <= set(in_memory)
+
+
+@pytest.mark.parametrize(("changes", "name", "fragment"), [
+    ({"image_dataset": "cifar10", "cifar_models": ["vgg11"]}, "stream", "image_dataset 'imagenet'"),
+    ({"image_dataset": "cifar100", "cifar_models": []}, "stream", "got image_dataset 'cifar100'"),
+    ({"cifar_train": 8}, "cifar_train", "must be 0 with stream"),
+    ({"cifar_test": 4}, "cifar_test", "must be 0 with stream"),
+    ({"cifar_augment": False}, "cifar_augment", "always augments"),
+    ({"num_workers": -1}, "num_workers", ">= 0"),
+    ({"stream": "yes"}, "stream", "bool"),
+])
+def test_bad_streamed_parameters_are_refused_by_name(tree, changes, name, fragment):
+    """Refused by chapter.validate, before any image is decoded or any run starts."""
+    from growcore.params import ParameterError
+
+    with pytest.raises(ParameterError, match=f"parameter '{name}'") as error:
+        chapter.validate(_streamed(tree, **changes))
+    assert fragment in str(error.value)
+
+
+def test_the_imagenet_mobilenet_run_streams_at_224_px_through_one_growth(tree, tmp_path):
+    """As the notebook runs it (no split: the driver streams): MobileNet-v1 at 224 px, two
+    decoding workers, 4 steps of 4 images (3 steps an epoch), widened once by GradMax at
+    step 2; the test error is the grown network's on the 6 streamed test images."""
+    from growcore.driver import run_experiment
+
+    p = chapter.validate(_streamed(tree))
+    images, _ = chapter.load_images(p)
+    record = run_experiment(chapter.cifar_experiments(p)["mobilenet_v1 GradMax"], split=images,
+                            directory=tmp_path, device="cpu", progress=False)
+    metrics = record["metrics"]
+    assert record["status"] == "complete" and record["iterations_per_epoch"] == 3
+    assert record["config"]["data"]["stream"] is True
+    (event,) = metrics["events"]
+    assert event["iteration"] == 2 and event["n_params_after"] > event["n_params_before"]
+    assert metrics["n_params"][0][-1] == event["n_params_after"] > metrics["n_params"][0][0]
+    (test,) = metrics["final_test"]
+    assert round(6 * test) == pytest.approx(6 * test, abs=1e-6)  # a count of the 6 images

@@ -40,11 +40,10 @@ class Killed(Exception):
     """Raised inside the loop, as a crash or a preemption would stop it."""
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """3 classes x 4 noise training JPEGs and x 2 test JPEGs, landscape and portrait, each
-    larger than 224 px on its shorter side after the evaluation resize would need it."""
-    root = tmp_path_factory.mktemp("imagefolder")
+def write_tree(root):
+    """3 classes x 4 noise training JPEGs and x 2 test JPEGs under ``root`` (``train/``,
+    ``val/``), landscape and portrait, each larger than 224 px on its shorter side after the
+    evaluation resize would need it. Returns ``root``."""
     rng = np.random.default_rng(0)
     for part, n in (("train", N_TRAIN_PER_CLASS), ("val", N_TEST_PER_CLASS)):
         for label, name in enumerate(CLASSES):
@@ -54,6 +53,12 @@ def tree(tmp_path_factory):
                 pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(root / part / name / f"{i:02d}.jpg")
     return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """The tree of :func:`write_tree`, once per module."""
+    return write_tree(tmp_path_factory.mktemp("imagefolder"))
 
 
 def small_stream(root, seed: int = 0, **options) -> ImageFolderStream:

@@ -10,7 +10,9 @@ Methods, by the slides' tables: ``small`` and ``large`` (seed and target trained
 growth; periodic at ``I_max`` is its slow growth), ``convergent``, ``LipGrow``, and the
 ablations ``FRAGrow a=<alpha>`` (Table 8), ``<method> circulating`` (Table 9) and
 ``<method> moment`` (Table 10). A run's name, ``"<architecture> <regime> <method> s<seed>"``
-(:func:`run_name`), is what the tables select by. Outside the notebook, e.g. on many GPUs::
+(:func:`run_name`), is what the tables select by. ImageNet is decoded into memory at
+``image_size`` or, with ``stream``, streamed from disk (the paper's 224 px; :func:`data_section`).
+Outside the notebook, e.g. on many GPUs::
 
     torchrun --standalone --nproc_per_node=8 -m growcore.driver --chapter fragrow \\
         --preset gpu --experiment "resnet CIFAR-10 FRAGrow s0"
@@ -48,6 +50,7 @@ PRESETS = ("smoke", "lab", "cpu", "gpu")
 PAPER_NUMBERS = papers.load("fragrow")  # growcore/papers/fragrow.yml
 ARCHITECTURES = ("resnet", "vgg", "mobilenetv2")
 DATASETS = ("cifar10", "cifar100", "imagenet")
+STREAMABLE = ("imagenet",)  # the data sets that ``stream`` reads from disk
 TABLES = (1, 5, 6, 8, 9, 10)
 GROWING = ("FRAGrow", "periodic", "convergent")  # the methods of the ablation tables
 MOBILENET_FIRST_WIDTH = 24
@@ -80,6 +83,8 @@ PARAMETERS = {
     "moment_decay": Spec(float, minimum=0, maximum=0.999),
     "tables": Spec(list, item=int, choices=TABLES, min_length=1),
     "extra_plans": Spec(dict),
+    "stream": Spec(bool),
+    "num_workers": Spec(int, minimum=0),
     "n_seeds": Spec(int, minimum=1),
     "ablation_seeds": Spec(int, minimum=1),
     "device": Spec(str, choices=DEVICES),
@@ -92,6 +97,10 @@ PARAMETERS = {
 def validate(namespace: dict) -> dict:
     """Check the notebook's parameters (picked by name from ``namespace``) before compute."""
     p = validate_all({k: namespace[k] for k in PARAMETERS if k in namespace}, PARAMETERS)
+    require(not p["stream"] or p["dataset"] in STREAMABLE, "stream",
+            f"streams an ImageFolder tree from disk: it needs dataset "
+            f"{' or '.join(map(repr, STREAMABLE))}; got dataset {p['dataset']!r} (set stream "
+            "False for it)")
     require(len(p["seed_blocks"]) == len(p["target_blocks"]) == len(p["widths"]),
             "seed_blocks/target_blocks/widths", "need one entry per stage in each")
     require(all(a <= b for a, b in zip(p["seed_blocks"], p["target_blocks"]))
@@ -111,6 +120,9 @@ def validate(namespace: dict) -> dict:
             "the staged VGG is built for 32x32 images; on imagenet use resnet or mobilenetv2")
     require(len(set(p["regimes"])) == len(p["regimes"]), "regimes",
             f"names must differ (they name the runs and their records); got {p['regimes']}")
+    require(not p["stream"] or all(p["augment"]), "augment",
+            f"every entry must be True with stream: a stream always augments (random resized "
+            f"crop and flip); got {p['augment']}")
     if p["dataset"] != "cifar10":
         missing = missing_dataset_message(p["dataset"], p["data_root"])
         require(missing is None, "data_root", missing or "")
@@ -125,13 +137,21 @@ def validate(namespace: dict) -> dict:
 
 
 def _check_data(p: dict) -> None:
-    """Every regime's split against the images the data set holds (counted, not decoded)."""
+    """Every regime's split against the images the data set holds (counted, not decoded);
+    with ``stream`` the hold-out and the batch (``n_train`` and ``n_test`` are not read)."""
     root = None if p["dataset"] == "cifar10" else str(dataset_dir(p["dataset"], p["data_root"]))
     try:
         n_train, n_test = dataset_sizes(p["dataset"], root)
     except (DataNotFoundError, DataError) as error:
         where = "dataset" if p["dataset"] == "cifar10" else "data_root"
         raise ParameterError(f"parameter {where!r}: {error}") from error
+    if p["stream"]:
+        require(p["n_val"] < n_train, "n_val", f"must leave training images to stream: "
+                f"{p['dataset']} has {n_train}; got {p['n_val']}")
+        require(p["batch_size"] <= n_train - p["n_val"], "batch_size",
+                f"must not exceed the {n_train - p['n_val']} training images streamed "
+                f"({n_train} less the n_val held out); got {p['batch_size']}")
+        return
     require(max(p["n_train"]) + p["n_val"] <= n_train, "n_train",
             f"every entry plus n_val ({p['n_val']}) must not exceed the {n_train} training "
             f"images of {p['dataset']}; got {p['n_train']}")
@@ -246,18 +266,33 @@ def plan_section(p: dict, regime: int, method: str) -> dict | None:
             "where": where, "how": how}
 
 
+def data_section(p: dict, regime: int) -> dict:
+    """The driver's ``data`` section of a regime: its seeded split (``n_train`` training
+    images, ``n_val`` held out of the training set, ``n_test`` test images) decoded into
+    memory; with ``stream`` the ImageNet tree under ``data_root`` streamed from disk at
+    ``image_size`` by ``num_workers`` processes (the driver's ``stream: true``): every
+    training image but the ``n_val`` held out (``split_seed`` 0) and every test image, always
+    augmented, so the regime's ``n_train`` and ``n_test`` are not read; the hold-out and a
+    sample of training images for the growth steps are held in memory."""
+    root = {} if p["dataset"] == "cifar10" else {
+        "root": str(dataset_dir(p["dataset"], p["data_root"]))}
+    if p.get("stream"):
+        return {"name": p["dataset"], **root, "image_size": p["image_size"], "stream": True,
+                "num_workers": p["num_workers"], "n_val": p["n_val"], "split_seed": 0}
+    data = {"name": p["dataset"], "n_train": p["n_train"][regime], "n_val": p["n_val"],
+            "n_test": p["n_test"], "split_seed": 0, "augment": p["augment"][regime], **root}
+    if p["dataset"] == "imagenet":
+        data["image_size"] = p["image_size"]
+    return data
+
+
 def config(p: dict, regime: int, method: str, seed: int) -> dict:
     """The driver configuration of one run (:func:`growcore.driver.run_experiment`): the
     regime's image split, the seed (or, for ``large``, the target) network, SGD with the
     learning rate constant while growing and then cosine decay, one evaluation per epoch
     (the when-policies read it), the test error measured once at the end, the series kept
     once per epoch."""
-    data = {"name": p["dataset"], "n_train": p["n_train"][regime], "n_val": p["n_val"],
-            "n_test": p["n_test"], "split_seed": 0, "augment": p["augment"][regime]}
-    if p["dataset"] != "cifar10":
-        data["root"] = str(dataset_dir(p["dataset"], p["data_root"]))
-    if p["dataset"] == "imagenet":
-        data["image_size"] = p["image_size"]
+    data = data_section(p, regime)
     blocks = p["target_blocks"] if method == "large" else p["seed_blocks"]
     train = {"epochs": p["epochs"][regime], "batch_size": p["batch_size"], "lr": p["lr"],
              "momentum": p["momentum"], "weight_decay": p["weight_decay"],

@@ -2,7 +2,10 @@
 
 Teacher-student (GradMax section 4.1, Appendix D): a student MLP grows its hidden layer to the
 teacher's width under a fixed schedule; the methods differ only in HOW the new neurons start.
-CIFAR-10 (section 4.2): VGG11 and WRN-28-1 grown from width x0.25 to full width.
+CIFAR-10 (section 4.2): VGG11 and WRN-28-1 grown from width x0.25 to full width; the other
+rows of Table 1 with ``image_dataset``: WRN-28-1 on CIFAR-100 and MobileNet-v1 on ImageNet,
+decoded into memory at ``image_size`` or, with ``stream``, streamed from disk (the paper's
+224 px, :func:`image_data`).
 
 Every run is a configuration of :mod:`growcore.driver` (:func:`experiments`), named
 ``"<group> <method>"`` (``"small GradMax"``, ``"vgg11 Firefly-Opt"``, ``"vgg11 GradMax [epsilon
@@ -54,6 +57,7 @@ TS_METHODS = ("Baseline-Small", "Baseline-Big", "Random", "GradMaxOpt", "GradMax
 CIFAR_METHODS = ("Baseline-Small", "Baseline-Big", "Random", "Firefly-Opt", "GradMax")
 CIFAR_MODELS = ("vgg11", "wrn28", "mobilenet_v1")
 IMAGE_DATASETS = ("cifar10", "cifar100", "imagenet")
+STREAMABLE = ("imagenet",)  # the image data sets that ``stream`` reads from disk
 # The models each data set takes: VGG11 and WRN-28-1 are built for 32x32 inputs; MobileNet-v1
 # has a CIFAR stem (stride 1) and an ImageNet stem (stride 2).
 MODELS_FOR = {"cifar10": CIFAR_MODELS, "cifar100": CIFAR_MODELS, "imagenet": ("mobilenet_v1",)}
@@ -114,6 +118,8 @@ PARAMETERS = {
     "cifar_inverse": Spec(bool),
     "cifar_augment": Spec(bool),
     "cifar_archive": Spec(str),
+    "stream": Spec(bool),
+    "num_workers": Spec(int, minimum=0),
     "device": Spec(str, choices=DEVICES),
     "threads": Spec(int, minimum=1),
     "progress": Spec(bool),
@@ -126,6 +132,10 @@ def validate(namespace: dict) -> dict:
     against what it holds, each model against the image size, and that every growth adds
     units (:func:`_check_image_runs`)."""
     p = validate_all({k: namespace[k] for k in PARAMETERS if k in namespace}, PARAMETERS)
+    require(not p["stream"] or p["image_dataset"] in STREAMABLE, "stream",
+            f"streams an ImageFolder tree from disk: it needs image_dataset "
+            f"{' or '.join(map(repr, STREAMABLE))}; got image_dataset {p['image_dataset']!r} "
+            "(set stream False for it)")
     for size in ("small", "large"):
         steps, interval = p[f"ts_{size}_steps"], p[f"ts_{size}_interval"]
         require(5 * interval < steps, f"ts_{size}_interval",
@@ -151,6 +161,13 @@ def _check_image_runs(p: dict) -> None:
     require(all(m in fitting for m in p["cifar_models"]), "cifar_models",
             f"{p['cifar_models']} do not all fit image_dataset {dataset!r}; valid: "
             f"{list(fitting)}")
+    if p["stream"]:  # the driver's streamed data set: every image of the tree, augmented
+        for name in ("cifar_train", "cifar_test"):
+            require(p[name] == 0, name, "must be 0 with stream: a stream trains on every "
+                    "image of train/ and tests on every image of val/; got "
+                    f"{p[name]}")
+        require(p["cifar_augment"], "cifar_augment", "must be True with stream: a stream "
+                "always augments (random resized crop and flip)")
     if dataset != "cifar10":
         missing = missing_dataset_message(dataset, p["data_root"])
         require(missing is None, "data_root", missing or "")
@@ -513,8 +530,16 @@ def theory_student(n_points: int, steps: int, lr: float, seed: int = 0) -> tuple
 
 def image_data(p: dict) -> dict:
     """The driver's data section of the image runs: the seeded subsets of ``image_dataset``
-    (CIFAR-10 from its archive, CIFAR-100 and ImageNet from their folders)."""
+    (CIFAR-10 from its archive, CIFAR-100 and ImageNet from their folders), decoded into
+    memory; with ``stream`` the ImageNet tree under ``data_root`` streamed from disk at
+    ``image_size`` by ``num_workers`` processes (the driver's ``stream: true``: every training
+    image, no hold-out, random resized crops and flips; the growth steps read the driver's
+    in-memory sample)."""
     dataset = p["image_dataset"]
+    if p.get("stream"):
+        return {"name": dataset, "root": str(dataset_dir(dataset, p["data_root"])),
+                "image_size": p["image_size"], "stream": True,
+                "num_workers": p["num_workers"]}
     data = {"name": dataset, "n_train": p["cifar_train"] or None,
             "n_test": p["cifar_test"] or None, "augment": p["cifar_augment"]}
     if dataset == "cifar10":
@@ -523,11 +548,31 @@ def image_data(p: dict) -> dict:
     return {**data, **({"image_size": p["image_size"]} if dataset == "imagenet" else {})}
 
 
-def load_images(p: dict, device: str = "cpu") -> tuple[Split, dict]:
+def load_images(p: dict, device: str = "cpu") -> tuple[Split | None, dict]:
     """The image data set of the parameters (:func:`image_data`): train and test images
-    (uint8, on ``device``, with their ``classes``), and ``{"classes": [...], "source": "..."}``."""
+    (uint8, on ``device``, with their ``classes``), and ``{"classes": [...], "source": "...",
+    "n_train": ..., "n_test": ...}``.
+
+    With ``stream`` nothing is held in memory for the runs (each streams the tree itself; pass
+    ``split=None`` to the driver) and the first return is ``None``. ``about["batch"]``: the
+    training batch the growth-site analysis reads, the first ``cifar_batch_size`` training
+    images (streamed: as many decoded at ``image_size`` with the evaluation transform, chosen
+    as the driver's sample is).
+    """
+    if p.get("stream"):
+        from growcore.streaming import ImageFolderStream
+
+        spec = image_data(p)
+        stream = ImageFolderStream(spec["root"], p["image_size"], p["cifar_batch_size"],
+                                   num_workers=p["num_workers"], device=device)
+        return None, {"classes": list(stream.classes), "source": stream.describe(),
+                      "n_train": stream.n_examples, "n_test": stream.n_test,
+                      "batch": stream.sample(p["cifar_batch_size"])}
     images = load_data(image_data(p)).to(device)
-    return images, {"classes": list(images.classes), "source": images.source}
+    first = slice(p["cifar_batch_size"])
+    return images, {"classes": list(images.classes), "source": images.source,
+                    "n_train": len(images.y_train), "n_test": len(images.y_test),
+                    "batch": Split(images.X_train[first], images.y_train[first])}
 
 
 def cifar_model(model: str, width: float, p: dict) -> dict:
