@@ -9,8 +9,9 @@ anything, then executes each notebook with papermill and writes it, atomically, 
 
 Execution cache: the executed notebook stores, in ``metadata.growcore.execution_key``, a
 hash of what its outputs depend on: the source notebook's code cells, the preset's
-parameters, growcore's code (every ``*.py`` and ``*.yml`` file of the package) and the
-versions of Python and the numerical libraries. When the key of an existing
+parameters, growcore's code (every ``*.py`` and ``*.yml`` file of the package, of the chapter
+modules only those the notebook imports) and the versions of Python and the numerical
+libraries. When the key of an existing
 ``<out>/<name>.ipynb`` matches, the notebook is not executed again: its markdown cells (and
 the tags of its code cells) are brought up to date from the source notebook, and the file is
 rewritten only if that changed something, so that Sphinx re-renders only the pages whose
@@ -35,6 +36,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import signal
 import sys
 import tempfile
@@ -216,14 +218,51 @@ def code_digest(path: Path) -> str:
     return _digest({"cells": cells, "kernel": kernel})
 
 
-def package_digest(package_dir: Path = PACKAGE_DIR) -> str:
+CHAPTER_IMPORT = re.compile(r"growcore\.chapters(?:\.|\s+import\s+)(\w+)")
+
+
+def chapter_modules(notebook: Path, package_dir: Path = PACKAGE_DIR) -> set[str]:
+    """The chapter modules (``growcore/chapters/<name>.py``) that the notebook's code imports,
+    directly or through another chapter module; the other chapters' modules cannot change
+    its outputs, so its execution key leaves them out."""
+    import nbformat
+
+    chapters_dir = Path(package_dir) / "chapters"
+    cells = nbformat.read(str(notebook), as_version=4).cells
+    pending = set(CHAPTER_IMPORT.findall("\n".join(c.source for c in cells
+                                                    if c.cell_type == "code")))
+    found: set[str] = set()
+    while pending:
+        name = pending.pop()
+        path = chapters_dir / f"{name}.py"
+        if name in found or not path.is_file():
+            continue
+        found.add(name)
+        text = path.read_text()
+        pending |= set(CHAPTER_IMPORT.findall(text))
+        pending |= {m for line in re.findall(r"^from \.(?:\s+import\s+)?([\w, ]+)", text,
+                                             re.MULTILINE) for m in re.split(r"[\s,]+", line)
+                    if m}
+    return found
+
+
+def package_digest(package_dir: Path = PACKAGE_DIR, chapters: set[str] | None = None) -> str:
     """Hash of growcore's code: the relative path and bytes of every ``*.py`` and ``*.yml``
-    file under ``package_dir`` (caches left out)."""
+    file under ``package_dir`` (caches left out); with ``chapters``, of the chapter modules
+    ``chapters/<name>.py`` only those named (the package's other code all the same)."""
     digest = hashlib.sha256()
     root = Path(package_dir)
+
+    def covered(p: Path) -> bool:
+        rel = p.relative_to(root).parts
+        if chapters is None or len(rel) != 2 or rel[0] != "chapters" or rel[1] == "__init__.py":
+            return True
+        return Path(rel[1]).stem in chapters
+
     files = sorted(
         p for p in root.rglob("*")
         if p.suffix in (".py", ".yml", ".yaml") and p.is_file() and "__pycache__" not in p.parts
+        and covered(p)
     )
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
@@ -547,13 +586,14 @@ def run_notebooks(
     out = output_folder(out)
     write_registry_page(out)
     print(f"preset {preset}: {len(jobs)} notebook(s), kernel {KERNEL_NAME} -> {kernel_python()}")
-    package, environment = package_digest(package_dir), environment_digest()
+    environment = environment_digest()
     times = {}
     with kernels_stop_on_signals() as install_handlers:
         for job in jobs:
             start = time.perf_counter()
             target = out / f"{job.name}.ipynb"
-            parts = execution_parts(job, package, environment)
+            parts = execution_parts(job, package_digest(
+                package_dir, chapter_modules(job.path, package_dir)), environment)
             reusable, why = (False, "--force") if force else cache_decision(target, parts)
             if reusable:
                 changed = reuse(job, target)

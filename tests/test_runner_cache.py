@@ -127,6 +127,30 @@ def test_the_package_digest_covers_growcore_sources_and_paper_numbers():
     assert (PACKAGE_DIR / "papers").is_dir() and list((PACKAGE_DIR / "papers").glob("*.yml"))
 
 
+def test_a_notebook_is_keyed_on_its_own_chapter_module_only(tmp_path):
+    package = tmp_path / "package"
+    (package / "chapters").mkdir(parents=True)
+    for name, text in (("__init__.py", ""), ("alpha.py", "from growcore.chapters import beta\n"),
+                       ("beta.py", "X = 1\n"), ("gamma.py", "Y = 2\n")):
+        (package / "chapters" / name).write_text(text)
+    (package / "core.py").write_text("Z = 3\n")
+    write_notebook(tmp_path / "a.ipynb", body="from growcore.chapters import alpha as chapter")
+    chapters = runner.chapter_modules(tmp_path / "a.ipynb", package)
+    assert chapters == {"alpha", "beta"}  # beta through alpha's import
+
+    def digest():
+        return runner.package_digest(package, chapters)
+
+    before = digest()
+    (package / "chapters" / "gamma.py").write_text("Y = 4\n")  # another chapter's module
+    assert digest() == before
+    for changed in ("chapters/beta.py", "chapters/__init__.py", "core.py"):
+        (package / changed).write_text("W = 5\n")
+        assert digest() != before, changed
+        before = digest()
+    assert runner.package_digest(package) != runner.package_digest(package, set())
+
+
 def test_code_digest_reads_only_code_cells(tmp_path):
     write_notebook(tmp_path / "a.ipynb", prose=("# A", "one"))
     write_notebook(tmp_path / "b.ipynb", prose=("# B", "two", "three"))
