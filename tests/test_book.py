@@ -248,7 +248,7 @@ def test_every_growing_run_can_be_rebuilt_from_its_record(smoke_book):
     for path in smoke_book.results.rglob("*.json"):
         for plan in _plans(json.loads(path.read_text())):
             found.setdefault(path.parts[-3], []).append(plan)
-    assert set(found) == {"sensli", "gradmax", "nagn", "fragrow"}, sorted(found)
+    assert set(found) == {"sensli", "gradmax", "nagn", "fragrow", "compare"}, sorted(found)
     for plans in found.values():
         for plan in plans:
             rebuilt = plan_from_description(plan).describe()
