@@ -141,7 +141,10 @@ def test_how_differences_are_paired_by_seed_against_random():
 def test_lab_preset_is_a_reduced_cpu_preset(params):
     lab = compare.validate(notebook_parameters("compare", "lab"))
     assert lab["n_networks"] < params["n_networks"] and lab["how_seeds"] < params["how_seeds"]
-    same = set(params) - {"preset", "n_networks", "how_seeds", "progress"}
+    assert lab["when_seeds"] < params["when_seeds"]
+    assert lab["factorial_seeds"] < params["factorial_seeds"]
+    same = set(params) - {"preset", "n_networks", "how_seeds", "progress", "when_seeds",
+                          "factorial_seeds"}
     assert all(lab[k] == params[k] for k in same), "lab changes only how many"
 
 
@@ -178,6 +181,12 @@ def test_unknown_criteria_are_refused_with_the_valid_names():
     ("initialisers", ["gradmax", "identity"], "parameter 'initialisers' must be"),
     ("initialisers", [], "with at least 1 item"),
     ("initialisers", ["gradmax", "zero"], "must include 'random'"),
+    ("timings", ["every", "fragorw"], "parameter 'timings' must be"),
+    ("timings", [], "with at least 1 item"),
+    ("factor_where", ["nagn", "sensli"], "parameter 'factor_where' must be"),
+    ("factor_where", [], "with at least 1 item"),
+    ("factor_how", [], "with at least 1 item"),
+    ("factor_when", [], "with at least 1 item"),
 ])
 def test_bad_parameter_stops_before_compute(stops_before_compute, name, value, message):
     stops_before_compute("compare", name, value, message)
@@ -222,3 +231,158 @@ def test_every_glued_key_of_the_prose_is_computed(smoke_book):
     pasted = {key for cell in executed["cells"] if cell["cell_type"] == "markdown"
               for key in re.findall(r"\{glue:text\}`([a-z0-9_]+)`", "".join(cell["source"]))}
     assert pasted and pasted <= glued, sorted(pasted - glued)
+
+
+# -- parts 3 and 4 ------------------------------------------------------------------------
+
+def test_variance_explained_against_a_hand_computed_case():
+    """A balanced 2 x 2 design with additive effects a = +-1 and b = +-2: the full model
+    explains everything, and leaving a factor out loses its share of the variance,
+    1 / (1 + 4) for a and 4 / 5 for b."""
+    rows = pd.DataFrame([{"a": i, "b": j, "y": (2 * i - 1) + 2 * (2 * j - 1)}
+                         for i in (0, 1) for j in (0, 1) for _ in range(3)])
+    shares = compare.variance_explained(rows, ["a", "b"], "y")
+    assert shares["full"] == pytest.approx(1.0)
+    assert shares["a"] == pytest.approx(0.2) and shares["b"] == pytest.approx(0.8)
+    # noise orthogonal to both factors lowers R² but not the split between them
+    rows["y"] = rows.y + np.tile([0.5, -0.5, 0.0], 4)
+    noisy = compare.variance_explained(rows, ["a", "b"], "y")
+    total = 5 + 1 / 6  # the variance of the effects plus that of the noise
+    assert noisy["full"] == pytest.approx(5 / total)
+    assert noisy["a"] == pytest.approx(1 / total) and noisy["b"] == pytest.approx(4 / total)
+    with pytest.raises(compare.ParameterError, match="not columns"):
+        compare.variance_explained(rows, ["c"], "y")
+    with pytest.raises(compare.ParameterError):
+        compare.variance_explained(rows, [], "y")
+
+
+def test_pareto_front_against_hand_made_points():
+    x = [1.0, 2.0, 3.0, 2.0, 4.0, 1.0]
+    y = [5.0, 3.0, 1.0, 4.0, 1.0, 5.0]
+    # (2, 4) is dominated by (2, 3); (4, 1) by (3, 1); the tie (1, 5) twice: neither
+    # dominates the other
+    assert compare.pareto_front(x, y).tolist() == [True, True, True, False, False, True]
+
+
+def test_main_effects_average_the_other_factors_and_pair_by_seed():
+    rows = pd.DataFrame([{"when": w, "where": c, "how": h, "seed": s,
+                          "test_error": 0.5 + 0.1 * (w == "fragrow") - 0.2 * (c == "nagn")
+                          + 0.01 * s}
+                         for w in ("every", "fragrow") for c in ("random_width", "nagn")
+                         for h in ("random", "gradmax") for s in (2, 0, 1)])
+    e = compare.main_effects(rows, "test_error")
+    assert set(e) == {("when", "fragrow"), ("where", "nagn"), ("how", "gradmax")}
+    assert e["when", "fragrow"].mean == pytest.approx(0.1)
+    assert e["where", "nagn"].mean == pytest.approx(-0.2)
+    assert e["how", "gradmax"].mean == pytest.approx(0.0)
+    assert e["where", "nagn"].high - e["where", "nagn"].low == pytest.approx(0.0, abs=1e-12)
+    long = compare.main_effect_rows(rows, "test_error")
+    assert len(long) == 3 * 3 and long[long.level == "nagn"].difference.mean() == (
+        pytest.approx(-0.2))
+
+
+def test_best_untried_combination_against_each_papers_own():
+    cells = [("every", "singular_value", "gradmax"), ("every", "random_width", "random"),
+             ("fragrow", "random_width", "random")]
+    error = {cells[0]: 0.30, cells[1]: 0.20, cells[2]: 0.40}
+    rows = pd.DataFrame([{"when": w, "where": c, "how": h, "seed": s,
+                          "test_error": error[w, c, h] + 0.01 * s}
+                         for (w, c, h) in cells for s in (0, 1, 2)])
+    best, against = compare.best_against_papers(rows)
+    assert best == cells[1]  # the lowest error among the cells no paper tried
+    assert set(against) == {"GradMax"}  # the other papers' cells are not in the rows
+    assert against["GradMax"].mean == pytest.approx(-0.10) and against["GradMax"].n == 3
+
+
+def test_classification_split_is_balanced_and_nested(params):
+    few = compare.classification_split(params, 3, params["when_overfit_points"])
+    many = compare.classification_split(params, 3, params["when_underfit_points"])
+    for y, n in ((few.y_train, params["when_overfit_points"]),
+                 (many.y_val, params["when_val_points"]),
+                 (many.y_test, params["when_test_points"])):
+        assert torch.bincount(y, minlength=10).tolist() == [n // 10] * 10
+    assert torch.equal(few.X_test, many.X_test) and torch.equal(few.X_val, many.X_val)
+    rows = {tuple(x.tolist()) for x in many.X_train}
+    assert all(tuple(x.tolist()) in rows for x in few.X_train), "the few are among the many"
+    other = compare.classification_split(params, 4, params["when_overfit_points"])
+    assert not torch.equal(few.X_train, other.X_train), "each seed has its own teacher"
+
+
+def _without(config: dict, *paths: str) -> dict:
+    out = json.loads(json.dumps(config))
+    for path in paths:
+        *parents, last = path.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(last, None)
+    return out
+
+
+def test_timing_configs_differ_only_in_the_timing(params):
+    runs = compare.when_experiments(params)
+    for regime in compare.REGIMES:
+        grown = [runs[regime, t] for t in params["timings"]]
+        stripped = [_without(c, "name", "plan.when", "model.seed_batched") for c in grown]
+        assert all(c == stripped[0] for c in stripped), regime
+        assert [c["plan"]["when"]["name"] for c in grown] == params["timings"]
+        # the static ones: the same but for the plan and the width
+        static = _without(runs[regime, "static large"], "name", "model.hidden",
+                          "model.seed_batched")
+        assert static == _without(stripped[0], "plan", "model.hidden")
+    assert (runs["overfitting", "fragrow"]["data"]["n_train"]
+            < runs["underfitting", "fragrow"]["data"]["n_train"])
+    assert _without(runs["overfitting", "every"], "name", "data.n_train") == _without(
+        runs["underfitting", "every"], "name", "data.n_train"), "regimes differ in n only"
+
+
+def test_factorial_configs_differ_only_in_the_plan(params):
+    runs = compare.factorial_experiments(params)
+    cells = compare.factorial_cells(params)
+    assert len(cells) == (len(params["factor_when"]) * len(params["factor_where"])
+                          * len(params["factor_how"]))
+    stripped = [_without(runs[c], "name", "plan", "model.seed_batched") for c in cells]
+    assert all(c == stripped[0] for c in stripped)
+    for when, where, how in cells:
+        plan = runs[when, where, how]["plan"]
+        assert (plan["when"]["name"], plan["where"]["name"], plan["how"]["name"]) == (
+            when, where, how)
+    for paper, cell in compare.PAPER_CELLS.items():
+        assert cell in cells, f"{paper}'s own combination is in the default factorial"
+
+
+def test_only_runs_whose_seeds_decide_alike_are_batched():
+    assert compare.runs_batched("every", "fixed_sites") and compare.runs_batched(None, None)
+    assert not compare.runs_batched("fragrow", "fixed_sites")  # reads each seed's errors
+    assert not compare.runs_batched("every", "singular_value")  # seeds may pick other sites
+    assert not compare.runs_batched("every", "nagn")  # NAGN refuses seed-batched nets
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("timings", ["every", "fragorw"], "parameter 'timings' must be"),
+    ("timings", ["fragrow"], "must include 'every'"),
+    ("factor_where", [], "with at least 1 item"),
+    ("factor_where", ["nagn", "nagn"], "names each once"),
+    ("factor_how", ["gradmax", "identity"], "parameter 'factor_how' must be"),
+    ("when_overfit_points", 55, "multiple of the 10 classes"),
+    ("when_overfit_points", 2000, "must be below when_underfit_points"),
+    ("factorial_hidden", [5], "with at least 2 item"),
+])
+def test_bad_growth_parameters_are_refused_by_name(params, name, value, message):
+    with pytest.raises(compare.ParameterError, match=name) as error:
+        compare.validate({**params, name: value})
+    assert message in str(error.value)
+
+
+def test_batched_and_alone_runs_agree_for_a_fixed_schedule(smoke):
+    """The fixed schedule trains its seeds batched; one seed at a time it gives the same
+    errors (float rounding), so the batched runs pair with the one-seed-at-a-time ones."""
+    config = compare.when_experiments(smoke)["underfitting", "every"]
+    batched = compare.run_growth(config, smoke, save=False)
+    alone = compare.run_growth(_without(config, "model.seed_batched"), smoke, save=False)
+    assert batched["batched"] and not alone["batched"]
+    assert np.allclose(batched["final_train"], alone["final_train"], atol=1e-6)
+    assert batched["growths"] == alone["growths"] == [
+        compare.how_schedule(smoke)["growths"]] * smoke["when_seeds"]
+    assert batched["widths"] == [[smoke["how_start_hidden"]
+                                  + smoke["how_growths"] * smoke["how_units"]]] * 2

@@ -17,6 +17,8 @@ same teacher, data and initial student per seed; all seeds as one batched progra
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -153,7 +155,7 @@ def validate(namespace: dict) -> dict:
             f"must exceed how_interval ({p['how_interval']}): the results after growth are "
             f"read one interval after the last growth; got {p['how_final_steps']}")
     _check_data(p)
-    return p
+    return validate_growth(p)  # parts 3 and 4
 
 
 def _check_data(p: dict) -> None:
@@ -466,3 +468,470 @@ def how_words(differences: dict[tuple[str, str], Estimate], measure: str,
     n = next(iter(differences.values())).n
     return f"{measure} (n = {n} seeds): " + "; ".join(parts)
 
+
+
+# -- parts 3 and 4: when, and all together -------------------------------------------------
+#
+# The timing rules read classification errors (FRAGrow's ORL is a gap of accuracies in
+# percentage points, NAGN's window a mean of validation accuracies) and a validation set;
+# the training loop records the training error for the cross-entropy loss only. So parts 3
+# and 4 label the teacher's inputs by classes: the class of x is the teacher output that is
+# largest after each output is standardised over the inputs (ten classes of about equal
+# size), and every seed's training, validation and test sets hold equally many points of
+# each class.
+
+CLASSES = 10  # the teacher's outputs (how_teacher[-1] must be 10)
+TIMINGS = ("every", "periodic", "convergent", "validation_window", "fragrow")
+TIMING_REFERENCE = "every"  # GradMax's fixed schedule: what every other timing is paired with
+DETERMINISTIC = ("every", "periodic")  # timings that read nothing of the run
+FACTOR_WHERE = ("nagn", "singular_value", "random_width", "gradient_norm")
+BASELINES = {"when": "every", "where": "random_width", "how": "random"}  # the simple ones
+FACTORS = ("when", "where", "how")
+# each paper's own combination, as far as it applies to width growth of this MLP: GradMax
+# (fixed schedule, the singular value it proposes for where, its initialiser); NAGN (its
+# contrast and its initialiser KaimingNew, on the fixed schedule: its validation window is
+# part 3's question); FRAGrow grows depth, so its timing is paired with GradMax's where and how
+PAPER_CELLS = {"GradMax": ("every", "singular_value", "gradmax"),
+               "NAGN": ("every", "nagn", "kaiming_new"),
+               "FRAGrow": ("fragrow", "singular_value", "gradmax")}
+REGIMES = ("overfitting", "underfitting")
+COLOURS.update({"every": "#de8f05", "periodic": "#fbafe4", "convergent": "#56b4e9",
+                "validation_window": "#0173b2", "fragrow": "#ca9161", "static": "#000000"})
+WHEN_MEASURES = {"test_error": "final test error", "flops": "training FLOPs",
+                 "train_error": "final training error"}
+
+PARAMETERS.update({
+    "timings": Spec(list, item=str, choices=TIMINGS, min_length=1),
+    "when_seeds": Spec(int, minimum=2),
+    "when_overfit_points": Spec(int, minimum=CLASSES),
+    "when_underfit_points": Spec(int, minimum=CLASSES),
+    "when_val_points": Spec(int, minimum=CLASSES),
+    "when_test_points": Spec(int, minimum=CLASSES),
+    "when_lr": Spec(float, greater_than=0),
+    "when_eval_every": Spec(int, minimum=1),
+    "fragrow_alpha": Spec(float),
+    "convergent_patience": Spec(int, minimum=1),
+    "factor_when": Spec(list, item=str, choices=TIMINGS, min_length=1),
+    "factor_where": Spec(list, item=str, choices=FACTOR_WHERE, min_length=1),
+    "factor_how": Spec(list, item=str, choices=INITIALISERS, min_length=1),
+    "factorial_seeds": Spec(int, minimum=2),
+    "factorial_hidden": Spec(list, item=int, minimum=1, min_length=2),
+    "factorial_points": Spec(int, minimum=CLASSES),
+})
+
+
+def validate_growth(p: dict) -> dict:
+    """The cross-parameter checks of parts 3 and 4 (called by :func:`validate`), then every
+    configuration of both parts built and checked by the driver (data, model, plan) for its
+    first seed, before any training."""
+    for name in ("timings", "factor_when", "factor_where", "factor_how"):
+        require(len(set(p[name])) == len(p[name]), name, f"names each once; got {p[name]}")
+    require(TIMING_REFERENCE in p["timings"], "timings",
+            f"must include {TIMING_REFERENCE!r}, the reference of the paired differences; "
+            f"got {p['timings']}")
+    require(p["how_teacher"][-1] == CLASSES, "how_teacher",
+            f"parts 3 and 4 label points by the largest of the teacher's {CLASSES} outputs: "
+            f"its last width must be {CLASSES}; got {p['how_teacher']}")
+    for name in ("when_overfit_points", "when_underfit_points", "when_val_points",
+                 "when_test_points", "factorial_points"):
+        require(p[name] % CLASSES == 0, name,
+                f"must be a multiple of the {CLASSES} classes (equally many points of each "
+                f"class); got {p[name]}")
+    require(p["when_overfit_points"] < p["when_underfit_points"], "when_overfit_points",
+            f"must be below when_underfit_points ({p['when_underfit_points']}): the "
+            f"overfitting regime has fewer training points; got {p['when_overfit_points']}")
+    require(p["how_final_steps"] < when_iterations(p), "how_final_steps",
+            "the minimum fine-tuning of the epoch timings must be shorter than the run")
+    for config, split in _first_configs(p):
+        from growcore.driver import run_experiment
+
+        run_experiment(config, split=split, device="cpu", progress=False, save=False,
+                       check_only=True)
+    return p
+
+
+def when_iterations(p: dict) -> int:
+    """Iterations of every run of parts 3 and 4: part 2's schedule (growths every
+    ``how_interval`` steps, ``how_growths`` times, then ``how_final_steps``)."""
+    return how_schedule(p)["iterations"]
+
+
+def classification_split(p: dict, seed: int, n_train: int):
+    """Seed ``seed``'s data of parts 3 and 4: the teacher ``how_teacher`` of seed ``seed``
+    (GradMax section 4.1: weights U[-1, 1], inputs N(0, 1)) labels its inputs by the largest
+    of its outputs, each standardised over the drawn inputs (ten classes of about equal
+    size); the test set (``when_test_points``), the validation set (``when_val_points``)
+    and the ``n_train`` training points each hold equally many points of every class. The
+    test and validation sets do not depend on ``n_train`` (up to the largest training set
+    of the parameters), and a smaller training set is the start of a larger one (the
+    regimes differ only in how many points train)."""
+    from growcore.data import Split, teacher_student
+
+    sizes = (p["when_test_points"], p["when_val_points"], n_train)
+    largest = max(p["when_underfit_points"], p["factorial_points"], n_train)
+    pool = 3 * (p["when_test_points"] + p["when_val_points"] + largest)  # not of n_train
+    split, _ = teacher_student(list(p["how_teacher"]), pool, seed)
+    X = torch.cat([split.X_train, split.X_test])
+    Y = torch.cat([split.y_train, split.y_test])
+    labels = ((Y - Y.mean(0)) / Y.std(0)).argmax(1)
+    members = [torch.nonzero(labels == k).flatten() for k in range(CLASSES)]
+    need = sum(size // CLASSES for size in sizes)
+    short = [k for k in range(CLASSES) if len(members[k]) < need]
+    if short:
+        raise ParameterError(f"seed {seed}: the teacher labels too few of {2 * pool} points "
+                             f"with class(es) {short} for {need} per class")
+    parts, start = [], 0
+    for size in sizes:
+        per = size // CLASSES
+        parts.append(torch.cat([m[start:start + per] for m in members]))
+        start += per
+    test, val, train = parts
+    return Split(X[train], labels[train], X[test], labels[test], X[val], labels[val])
+
+
+def timing_spec(p: dict, timing: str) -> dict:
+    """The registry spec of ``timing`` with the chapter's schedule: ``how_growths`` growths
+    in ``when_iterations`` full-batch steps (an epoch is one step), the last at least
+    ``how_final_steps`` before the end (FRAGrow's ``E_F_min``; ``I_max`` is then
+    ``how_interval``, so the periodic timing grows when the fixed schedule does)."""
+    n, final = p["how_growths"], p["how_final_steps"]
+    epoch = {"n_blocks": n, "finetune_min": final}
+    return {"every": {"name": "every", "interval": p["how_interval"], "count": n},
+            "periodic": {"name": "periodic", **epoch},
+            "convergent": {"name": "convergent", **epoch,
+                           "patience": p["convergent_patience"]},
+            "validation_window": {"name": "validation_window", "max_growths": n},
+            "fragrow": {"name": "fragrow", **epoch, "alpha": p["fragrow_alpha"]},
+            }[timing]
+
+
+def where_spec(p: dict, where: str) -> dict:
+    """The registry spec of a where-criterion: ``how_units`` units at one site per growth
+    (NAGN: its own increments at every site, as the paper)."""
+    units = p["how_units"]
+    return {"fixed_sites": {"name": "fixed_sites", "units": {"layers.0": units}},
+            "singular_value": {"name": "singular_value", "k": units, "n_sites": 1,
+                               "scale": p["norm_scale"]},
+            "gradient_norm": {"name": "gradient_norm", "k": units, "n_sites": 1},
+            "random_width": {"name": "random_width", "k": units, "n_sites": 1},
+            "nagn": {"name": "nagn"}}[where]
+
+
+def how_spec(p: dict, how: str) -> dict:
+    """The registry spec of a width initialiser, as part 2 sets it."""
+    spec = {"name": how}
+    if how in ("random", "gradmax", "gradmax_opt", "firefly_opt"):
+        spec["scale"] = p["norm_scale"]
+    if how in ("gradmax_opt", "firefly_opt"):
+        spec["steps"] = p["opt_steps" if how == "gradmax_opt" else "firefly_steps"]
+    return spec
+
+
+def runs_batched(timing: str | None, where: str | None) -> bool:
+    """Whether the seeds of a run train as one batched program: only where no seed's
+    decision can differ from another's. A seed-batched net shares one when-policy (it reads
+    the seeds' mean errors), so an adaptive timing runs each seed alone; a criterion that
+    chooses among sites may choose differently per seed (the driver then regroups the seeds,
+    which it cannot do for data given per seed); NAGN refuses seed-batched nets."""
+    return (timing is None or timing in DETERMINISTIC) and where in (None, "fixed_sites")
+
+
+def growth_config(p: dict, name: str, seeds: list[int], n_train: int, hidden: list[int],
+                  timing: str | None = None, where: str | None = None,
+                  how: str | None = None) -> dict:
+    """One driver configuration of parts 3 and 4 (without ``timing``: a static network).
+    The data section names what :func:`classification_split` builds (the run gets it as its
+    split); seed s's student is initialised after ``torch.manual_seed(s)``, the same in
+    every configuration; full-batch gradient descent on the cross-entropy, evaluations (the
+    validation error the timings read) every ``when_eval_every`` steps, the test error once
+    at the end."""
+    config = {
+        "name": name, "seeds": list(seeds),
+        "data": {"name": "teacher_student", "teacher": list(p["how_teacher"]),
+                 "classes": "largest standardised output", "n_train": n_train,
+                 "n_val": p["when_val_points"], "n_test": p["when_test_points"],
+                 "built_by": "growcore.chapters.compare.classification_split"},
+        "model": {"name": "mlp", "hidden": list(hidden), "activation": "relu1"},
+        "train": {"iterations": when_iterations(p), "lr": p["when_lr"],
+                  "loss": "cross_entropy", "eval_every": p["when_eval_every"],
+                  "init_seed": 0, "test_in_loop": False}}
+    if runs_batched(timing, where):
+        config["model"]["seed_batched"] = True
+    if timing is not None:
+        config["plan"] = {"when": timing_spec(p, timing), "where": where_spec(p, where),
+                          "how": how_spec(p, how)}
+    return config
+
+
+def when_experiments(p: dict) -> dict[tuple[str, str], dict]:
+    """Part 3: (regime, timing) -> configuration, and (regime, "static small" / "static
+    large") for the two static networks. GradMax's where and how on its task (one hidden
+    layer, ``how_units`` units per growth, the GradMax initialiser) are fixed; only the
+    timing varies; every timing reaches the same final size (NAGN's window may stop early)."""
+    runs = {}
+    final = p["how_start_hidden"] + p["how_growths"] * p["how_units"]
+    for regime in REGIMES:
+        n = p["when_overfit_points" if regime == "overfitting" else "when_underfit_points"]
+        seeds = list(range(p["when_seeds"]))
+        for timing in p["timings"]:
+            runs[regime, timing] = growth_config(p, f"when {regime} {timing}", seeds, n,
+                                                 [p["how_start_hidden"]], timing,
+                                                 "fixed_sites", "gradmax")
+        for label, width in (("static small", p["how_start_hidden"]), ("static large", final)):
+            runs[regime, label] = growth_config(p, f"when {regime} {label}", seeds, n, [width])
+    return runs
+
+
+def factorial_cells(p: dict) -> list[tuple[str, str, str]]:
+    """Every (when, where, how) of part 4, in the order of the parameters."""
+    return [(w, c, h) for w in p["factor_when"] for c in p["factor_where"]
+            for h in p["factor_how"]]
+
+
+def factorial_experiments(p: dict) -> dict[tuple[str, str, str], dict]:
+    """Part 4: (when, where, how) -> configuration, and ("static", label, "") for the static
+    small (``factorial_hidden``) and large (twice as wide) networks. The student has two
+    hidden layers, so that where has a choice; the configurations differ only in the plan."""
+    seeds = list(range(p["factorial_seeds"]))
+    hidden, n = list(p["factorial_hidden"]), p["factorial_points"]
+    runs = {cell: growth_config(p, "all " + " ".join(cell), seeds, n, hidden, *cell)
+            for cell in factorial_cells(p)}
+    for label, widths in (("small", hidden), ("large", [2 * w for w in hidden])):
+        runs["static", label, ""] = growth_config(p, f"all static {label}", seeds, n, widths)
+    return runs
+
+
+def _first_configs(p: dict):
+    """(configuration, split) of the first seed of every run of parts 3 and 4."""
+    configs = [*when_experiments(p).values(), *factorial_experiments(p).values()]
+    splits: dict[int, object] = {}
+    for config in configs:
+        n = config["data"]["n_train"]
+        if n not in splits:
+            splits[n] = classification_split(p, 0, n)
+        one = {**config, "seeds": [0]}
+        yield one, _given(one, [splits[n]])
+
+
+def _given(config: dict, splits: list):
+    from growcore.data import SeedSplits
+
+    return SeedSplits.stack(splits) if config["model"].get("seed_batched") else splits[0]
+
+
+def run_growth(config: dict, p: dict, directory=None, preset: str = "custom",
+               device: str = "cpu", save: bool = True) -> dict:
+    """Run one configuration of parts 3 and 4 through the driver, all seeds as one batched
+    program where :func:`runs_batched` allows it, else one run per seed (its own data, its
+    own when-policy), and return what the analysis reads, per seed in the order of
+    ``seeds``: ``final_test``, ``final_train``, ``flops`` (training FLOPs, growth steps
+    included), ``params`` (of the final network), ``widths`` (its hidden widths),
+    ``growths`` (the growth iterations), and the run's wall time ``seconds``."""
+    from growcore.driver import run_experiment
+
+    n, seeds = config["data"]["n_train"], config["seeds"]
+    options = {"directory": directory, "preset": preset, "device": device,
+               "progress": False, "save": save}
+    start = time.perf_counter()
+    if config["model"].get("seed_batched"):
+        groups = [(config, [classification_split(p, s, n) for s in seeds])]
+    else:
+        groups = [({**config, "seeds": [s]}, [classification_split(p, s, n)]) for s in seeds]
+    out = {key: [] for key in ("final_test", "final_train", "flops", "params", "widths",
+                               "growths")}
+    for one, splits in groups:
+        m = run_experiment(one, split=_given(one, splits).to(device), **options)["metrics"]
+        for i, seed in enumerate(one["seeds"]):
+            events = [e for e in m["events"] if seed in e.get("seeds", one["seeds"])]
+            out["final_test"].append(m["final_test"][i])
+            out["final_train"].append(m["final_train"][i])
+            out["flops"].append(m["total_cost_flops"][i])
+            out["params"].append(m["n_params"][i][-1])
+            out["widths"].append(list(m["final_model"][i]["widths"].values()))
+            out["growths"].append([e["iteration"] for e in events])
+    return {**out, "seeds": list(seeds), "seconds": time.perf_counter() - start,
+            "batched": bool(config["model"].get("seed_batched"))}
+
+
+def growth_rows(runs: dict[tuple, dict], names: tuple[str, ...]):
+    """One row per run and seed: the key's parts under ``names`` (e.g. ``("regime",
+    "timing")``), ``seed``, ``test_error``, ``train_error``, ``gap`` (test minus training
+    error), ``flops``, ``params``, ``width`` (total hidden units), ``growths`` (how many)
+    and ``first_growth`` (its iteration; None without growth)."""
+    import pandas as pd
+
+    rows = []
+    for key, out in runs.items():
+        for i, seed in enumerate(out["seeds"]):
+            rows.append({**dict(zip(names, key)), "seed": seed,
+                         "test_error": out["final_test"][i],
+                         "train_error": out["final_train"][i],
+                         "gap": out["final_test"][i] - out["final_train"][i],
+                         "flops": out["flops"][i], "params": out["params"][i],
+                         "width": sum(out["widths"][i]), "growths": len(out["growths"][i]),
+                         "first_growth": (out["growths"][i] or [None])[0]})
+    return pd.DataFrame(rows)
+
+
+def paired_against(rows, column: str, reference: str, measure: str,
+                   by: tuple[str, ...] = ()) -> dict[tuple, Estimate]:
+    """(group of ``by``..., level) -> the paired difference of ``measure``, level minus
+    ``reference``, over the seeds (rows pair by ``seed``; within each group of ``by``)."""
+    out = {}
+    groups = rows.groupby(list(by)) if by else [((), rows)]
+    for group, part in groups:
+        group = group if isinstance(group, tuple) else (group,)
+        base = part[part[column] == reference].set_index("seed")[measure]
+        for level in part[column].unique():
+            if level != reference:
+                other = part[part[column] == level].set_index("seed")[measure]
+                out[(*group, level)] = paired_difference(other.loc[base.index], base)
+    return out
+
+
+def difference_rows(rows, column: str, reference: str, measures: list[str],
+                    by: tuple[str, ...] = ()):
+    """The per-seed differences level minus ``reference`` in long form (the ``by``
+    columns, ``column``, seed, measure, difference), for a point plot of paired
+    differences."""
+    import pandas as pd
+
+    out = []
+    groups = rows.groupby(list(by)) if by else [((), rows)]
+    for group, part in groups:
+        group = group if isinstance(group, tuple) else (group,)
+        base = part[part[column] == reference].set_index("seed")
+        for level in part[column].unique():
+            if level == reference:
+                continue
+            other = part[part[column] == level].set_index("seed").loc[base.index]
+            for measure in measures:
+                out += [{**dict(zip(by, group)), column: level, "seed": seed,
+                         "measure": measure, "difference": d}
+                        for seed, d in (other[measure] - base[measure]).items()]
+    return pd.DataFrame(out)
+
+
+def main_effects(rows, measure: str, baselines: dict[str, str] | None = None
+                 ) -> dict[tuple[str, str], Estimate]:
+    """(factor, level) -> the main effect of the level against the factor's baseline
+    (:data:`BASELINES`): per seed, the mean of ``measure`` over the cells with the level
+    minus the mean over the cells with the baseline (the other factors averaged alike),
+    then the paired t interval over the seeds."""
+    baselines = baselines or BASELINES
+    out = {}
+    for factor, base in baselines.items():
+        means = rows.groupby([factor, "seed"])[measure].mean().unstack(factor)
+        for level in means.columns:
+            if level != base:
+                out[factor, level] = paired_difference(means[level], means[base])
+    return out
+
+
+def variance_explained(rows, factors: list[str], response: str) -> dict[str, float]:
+    """How much of the variance of ``response`` each factor explains: a linear model
+    (scikit-learn's LinearRegression) on the one-hot factors, R² of the model with all
+    factors minus R² of the model without the factor (the drop when it is left out); with
+    ``"full"`` the R² of the model with all. Main effects only (no interactions)."""
+    import pandas as pd
+    from sklearn.linear_model import LinearRegression
+
+    unknown = sorted(set(factors) - set(rows.columns))
+    if unknown or not factors:
+        raise ParameterError(f"factors {unknown or factors} are not columns of the rows; "
+                             f"valid: {sorted(rows.columns)}")
+
+    def r2(kept: list[str]) -> float:
+        if not kept:
+            return 0.0
+        X = pd.get_dummies(rows[kept].astype(str), drop_first=True).to_numpy(float)
+        y = rows[response].to_numpy(float)
+        return float(LinearRegression().fit(X, y).score(X, y))
+
+    full = r2(list(factors))
+    return {"full": full, **{f: full - r2([g for g in factors if g != f]) for f in factors}}
+
+
+def pareto_front(x, y) -> np.ndarray:
+    """Which points ``(x, y)`` lie on the Pareto front when both are minimised: no other
+    point is at most as large in both and smaller in one (a boolean mask)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    better = ((x[None, :] <= x[:, None]) & (y[None, :] <= y[:, None])
+              & ((x[None, :] < x[:, None]) | (y[None, :] < y[:, None])))
+    return ~better.any(axis=1)
+
+
+def cell_summary(rows, cells: tuple[str, ...] = FACTORS):
+    """Per cell: n, mean test error with its 95 % t interval, mean training FLOPs and
+    final hidden width, and whether the cell is on the Pareto front of the cell means."""
+    from growcore.uncertainty import mean_interval
+
+    cells = list(cells)
+    out = rows.groupby(cells).agg(n=("seed", "size"), test_error=("test_error", "mean"),
+                                  flops=("flops", "mean"), width=("width", "mean"),
+                                  growths=("growths", "mean")).reset_index()
+    intervals = [mean_interval(part.test_error) for _, part in rows.groupby(cells)]
+    out["low"] = [e.low for e in intervals]
+    out["high"] = [e.high for e in intervals]
+    out["pareto"] = pareto_front(out.flops, out.test_error)
+    return out
+
+
+def best_against_papers(rows, cells: list[tuple[str, str, str]] | None = None,
+                        papers: dict[str, tuple] | None = None
+                        ) -> tuple[tuple, dict[str, Estimate]]:
+    """The combination no paper tried with the lowest mean test error, and per paper whose
+    own combination (:data:`PAPER_CELLS`) is among the rows, the paired difference of the
+    test error, best untried minus the paper's (negative: the untried one is better)."""
+    papers = PAPER_CELLS if papers is None else papers
+    means = rows.groupby(list(FACTORS)).test_error.mean()
+    present = set(means.index)
+    tried = {cell for cell in papers.values() if cell in present}
+    untried = [cell for cell in means.index if cell not in tried]
+    if not untried:
+        raise ValueError("every combination of the rows is a paper's own")
+    best = min(untried, key=lambda cell: means[cell])
+    by_cell = rows.set_index(list(FACTORS))
+
+    def seeds_of(cell):
+        return by_cell.loc[cell].set_index("seed").test_error
+
+    return best, {paper: paired_difference(seeds_of(best), seeds_of(cell).loc[
+                      seeds_of(best).index])
+                  for paper, cell in papers.items() if cell in present}
+
+
+def main_effect_rows(rows, measure: str, baselines: dict[str, str] | None = None):
+    """The per-seed main effects of :func:`main_effects` in long form (factor, level, seed,
+    difference), for a point plot with the same t intervals."""
+    import pandas as pd
+
+    baselines = baselines or BASELINES
+    out = []
+    for factor, base in baselines.items():
+        means = rows.groupby([factor, "seed"])[measure].mean().unstack(factor)
+        for level in means.columns:
+            if level != base:
+                out += [{"factor": factor, "level": level, "seed": seed, "difference": d}
+                        for seed, d in (means[level] - means[base]).items()]
+    return pd.DataFrame(out)
+
+
+def run_grown_size(p: dict, grown: dict, directory=None, preset: str = "custom",
+                   device: str = "cpu", save: bool = True) -> dict:
+    """NAGN's reference: per seed, a static network of the hidden widths the grown run
+    ``grown`` (an output of :func:`run_growth` on the factorial's data) ended with, trained
+    from scratch for the same steps on the same data; merged as :func:`run_growth` returns."""
+    out = None
+    for seed, widths in zip(grown["seeds"], grown["widths"]):
+        one = run_growth(growth_config(p, "all static grown size", [seed],
+                                       p["factorial_points"], widths), p, directory, preset,
+                         device, save)
+        if out is None:
+            out = one
+        else:
+            for key in ("final_test", "final_train", "flops", "params", "widths", "growths",
+                        "seeds"):
+                out[key] = out[key] + one[key]
+            out["seconds"] += one["seconds"]
+    return out
