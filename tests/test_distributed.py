@@ -30,6 +30,17 @@ SAME = 1e-8
 SEED, TARGET = [1, 1, 1, 1, 1], [2, 2, 1, 1, 1]
 
 
+def assert_as_one_process(ranks: list[dict], single: dict, tolerance: float) -> None:
+    """Every rank's final weights equal the single process's, and the ranks' mean loss curve
+    (each rank's loss is on its shard) equals the single process's, to ``tolerance``."""
+    for result in ranks:
+        for name, tensor in single["state"].items():
+            assert torch.allclose(result["state"][name], tensor, atol=tolerance), name
+    mean_loss = torch.tensor([r["loss"] for r in ranks], dtype=torch.float64).mean(dim=0)
+    assert torch.allclose(mean_loss, torch.tensor(single["loss"], dtype=torch.float64),
+                          rtol=tolerance)
+
+
 def problem() -> Split:
     generator = torch.Generator().manual_seed(0)
     X = torch.randint(0, 256, (48, 3, 32, 32), generator=generator, dtype=torch.uint8)
@@ -84,11 +95,7 @@ def test_two_processes_match_one(tmp_path):
     assert len(single["events"]) == 2
     for result in ranks:
         assert result["events"] == single["events"]
-        for name, tensor in single["state"].items():
-            assert torch.allclose(result["state"][name], tensor, atol=SAME), name
-    mean_loss = torch.tensor([r["loss"] for r in ranks], dtype=torch.float64).mean(dim=0)
-    assert torch.allclose(mean_loss, torch.tensor(single["loss"], dtype=torch.float64),
-                          rtol=SAME)
+    assert_as_one_process(ranks, single, SAME)
 
 
 def test_chapter_launcher_under_torchrun_records_its_world_size(tmp_path, monkeypatch):
@@ -217,11 +224,7 @@ def test_two_processes_widen_as_one(tmp_path, method):
     assert single["widths"] != [[4], [4, 6]], "the run must widen"
     for result in ranks:
         assert result["events"] == single["events"] and result["widths"] == single["widths"]
-        for name, tensor in single["state"].items():
-            assert torch.allclose(result["state"][name], tensor, atol=SAME), name
-    mean_loss = torch.tensor([r["loss"] for r in ranks], dtype=torch.float64).mean(dim=0)
-    assert torch.allclose(mean_loss, torch.tensor(single["loss"], dtype=torch.float64),
-                          rtol=SAME)
+    assert_as_one_process(ranks, single, SAME)
 
 
 def test_unreduced_widening_diverges(tmp_path):

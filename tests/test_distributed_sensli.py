@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_distributed import assert_as_one_process
 
 from growcore.data import spiral
 from growcore.distributed import mean_over_ranks, shard, synchronised, wrap
@@ -76,8 +77,4 @@ def test_two_processes_score_and_insert_as_one(tmp_path):
         assert [e[:2] for e in result["events"]] == [e[:2] for e in single["events"]]
         assert result["events"][0][2] == pytest.approx(single["events"][0][2], rel=SAME)
         assert result["widths"] == single["widths"]
-        for name, tensor in single["state"].items():
-            assert torch.allclose(result["state"][name], tensor, atol=SAME), name
-    mean_loss = torch.tensor([r["loss"] for r in ranks], dtype=torch.float64).mean(dim=0)
-    assert torch.allclose(mean_loss, torch.tensor(single["loss"], dtype=torch.float64),
-                          rtol=SAME)
+    assert_as_one_process(ranks, single, SAME)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_checkpoint import Killed, killer
 
 from growcore import checkpoint, driver
 from growcore.how import GradMax
@@ -34,10 +35,6 @@ BATCH = 4  # 3 batches per epoch (4, 4, 1)
 SIZE = 16  # pixels of the small runs
 PAPER_SIZE = 224  # MobileNet-v1's ImageNet resolution (GradMax section 4.3)
 TINY_WIDTH = 0.0625  # MobileNet-v1 width multiplier: 2 to 64 channels, a CPU-sized net
-
-
-class Killed(Exception):
-    """Raised inside the loop, as a crash or a preemption would stop it."""
 
 
 def write_tree(root):
@@ -122,18 +119,6 @@ def test_a_batch_size_other_than_the_stream_s_is_refused(tree):
 
 
 # ---------------------------------------------------------------- resume
-def killer(after: int | None) -> dict:
-    """A step metric that stops the run during update ``after + 1``."""
-    calls = [0]
-
-    def metric(model) -> torch.Tensor:
-        calls[0] += 1
-        if after is not None and calls[0] > after:
-            raise Killed
-        return torch.zeros(1)
-    return {"probe": metric}
-
-
 def streamed_gradmax(root, path, kill=None, num_workers=1):
     """A VGG trained on the stream (fresh objects every call, as a new process would build
     them), widened by GradMax from the sample's gradients at iteration 5, mid epoch 1."""

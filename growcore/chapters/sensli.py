@@ -68,17 +68,12 @@ def color_of(label: str) -> str | None:
 
 def loss_and_error(records: dict[str, dict], title: str):
     """The paper's two panels (:func:`growcore.plots.loss_and_error`) in the chapter's colours,
-    with the loss on a log axis whose band is computed in log space (the loss panel is drawn
-    again after its axis is made logarithmic, as :func:`growcore.plots.band` requires)."""
+    with the loss on a log axis (its band computed in log space)."""
     from growcore import plots
 
-    colors = [color_of(label) for label in records]
-    fig = plots.loss_and_error(records, title=title, colors=colors)
-    top = fig.axes[0]
-    top.clear()
-    top.set_yscale("log")
-    plots.curves(top, records, "loss", colors=colors)
-    top.set(title=title, xlabel="")
+    fig = plots.loss_and_error(records, title=title, colors=[color_of(r) for r in records],
+                               log_loss=True)
+    fig.axes[0].set_xlabel("")
     return fig
 
 
