@@ -479,6 +479,33 @@ def growth_step_ratios(record: dict) -> np.ndarray:
                                                       metrics["step_time"])])
 
 
+def matrix_flop_floor(width: float = 0.25, batch: int = 128, growths: int = 12,
+                      seed: int = 0) -> dict[str, float]:
+    """What forming GradMax's matrices costs in FLOPs, in training steps of FLOPs, for VGG11
+    at ``width`` grown to x1 in ``growths`` (every site at once) from a statistic on ``batch``
+    images: ``"exact"`` (eq. (20)), ``"auxiliary"`` (the paper's auxiliary kernel wherever it
+    applies, the exact matrix elsewhere), ``"statistics"`` (the statistics pass, one forward
+    and one backward to the activations: about 2 forwards of 3). A training step is taken as
+    3 forwards (forward and a backward of twice its cost). These count operations, so they
+    hold on any hardware that runs the matrices no faster per FLOP than the training step."""
+    from growcore.activations import ReLUWithSlopeAtZero
+    from growcore.models.vgg import vgg11
+    from growcore.stats.gradmax import matrix_flops
+    from growcore.where import GrowToWidths
+
+    torch.manual_seed(seed)
+    model = vgg11(width, activation=lambda: ReLUWithSlopeAtZero(1.0))
+    X = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+    split = Split(X, torch.randint(0, 10, (batch,)))
+    proposals, _ = GrowToWidths(1 / width, growths)(model, model.width_sites())
+    sites = [p.site for p in proposals]
+    data = collect(model, sites, split, "cross_entropy")
+    step = 3 * model.flops_per_example() * batch
+    return {"exact": sum(matrix_flops(model, s, data[s]) for s in sites) / step,
+            "auxiliary": sum(matrix_flops(model, s, data[s], True) for s in sites) / step,
+            "statistics": 2 / 3}
+
+
 def growth_step_cost(model, split: Split, how, repeats: int, lr: float = 0.1,
                      loss: str = "mse") -> np.ndarray:
     """The wall time of one growth step by ``how`` (one new unit at the first width site,

@@ -83,10 +83,13 @@ class GradMax:
     solver : str
         How the top-k left singular vectors of eq. (11) are found
         (:func:`growcore.stats.gradmax.singular_directions`): ``"svd"`` (default, the full
-        SVD), ``"gram"`` (eigendecomposition of the smaller Gram matrix) or ``"lowrank"``
-        (randomised block Krylov, top ``k`` only). The fast solvers give the SVD's units up
-        to one sign per unit (their largest entry is positive); :attr:`singular_values` then
-        holds the values they find.
+        SVD), ``"gram"`` (eigendecomposition of the smaller Gram matrix), ``"lowrank"``
+        (randomised block Krylov, top ``k`` only, to float rounding) or ``"krylov"`` (the
+        same, stopped once the objective of eq. (11) has converged: the fastest; where the
+        spectrum is flat its units are another near-optimal set, not the SVD's). The fast
+        solvers give the SVD's units up to one sign per unit where the singular values are
+        separated (their largest entry is positive); :attr:`singular_values` then holds the
+        values they find.
     """
 
     kind: ClassVar[str] = "width"

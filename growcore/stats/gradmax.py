@@ -64,7 +64,7 @@ from growcore.stats.probe import FULL_CHUNK, unchanged_buffers
 
 CONV_MATRICES = ("exact", "auxiliary", "weight_gradient")
 STATISTICS = ("passthrough", "virtual")
-SOLVERS = ("svd", "gram", "lowrank")
+SOLVERS = ("svd", "gram", "lowrank", "krylov")
 CHUNK = 16  # examples per chunk when contracting convolution patches (memory bound)
 WEIGHT_GRADIENT_CHUNK = 128  # examples per chunk of weight_gradient_matrix (memory bound)
 PRODUCT_POSITIONS = 4  # weight_gradient_matrix: one matrix product at grids this small (bench)
@@ -72,6 +72,8 @@ LOWRANK_OVERSAMPLING = 8  # random start directions beyond k (block size q = k +
 LOWRANK_DEPTH = 8  # Krylov blocks between convergence checks
 LOWRANK_RESIDUAL = 100  # converged: ||G v_j - s_j u_j|| <= 100 eps s_1 for the top k
 LOWRANK_SEED = 0  # the start is a fixed draw: the solver is a deterministic function of G
+KRYLOV_CHECK = 2  # "krylov": Krylov blocks between checks of the objective
+KRYLOV_TOLERANCE = 1e-5  # "krylov": stop once a check adds less than this to the objective
 
 
 @dataclass
@@ -385,7 +387,7 @@ def singular_directions(G: torch.Tensor, k: int, solver: str = "svd"
         ``[m, n]``, e.g. the gradient matrix of a site.
     k : int
         Directions needed (``"lowrank"`` finds ``k`` + :data:`LOWRANK_OVERSAMPLING`).
-    solver : {"svd", "gram", "lowrank"}
+    solver : {"svd", "gram", "lowrank", "krylov"}
         ``"svd"``: ``torch.linalg.svd``, all ``min(m, n)`` directions, LAPACK's signs.
         ``"gram"``: eigendecomposition of the smaller Gram matrix, ``G G^T`` (then ``U`` are
         its eigenvectors) or ``G^T G`` (eigenvectors ``V``, then ``U = G V / S`` for the
@@ -398,7 +400,17 @@ def singular_directions(G: torch.Tensor, k: int, solver: str = "svd"
         is exact); its error falls with the depth at a rate set by the square root of the
         gap ``s_k / s_(q+1) - 1`` (a Chebyshev bound; power iterations: the gap itself), so
         even the nearly flat spectra of VGG11's sites at initialisation converge (bench).
-        ``"gram"`` and ``"lowrank"`` orient each column so that its entry of largest
+        ``"krylov"``: the same iteration stopped on the objective of eq. (11) instead of the
+        vectors: checked every :data:`KRYLOV_CHECK` blocks, it stops once the Ky Fan sum
+        ``s_1^2 + ... + s_k^2`` of the Ritz values (a lower bound of the optimum that only
+        grows with the space) rose by less than :data:`KRYLOV_TOLERANCE` of itself. Block
+        Krylov's gap-free bound (Musco and Musco 2015: each Ritz value within ``(1 + e)`` of
+        ``s_(k+1)^2`` after ``O(log n / sqrt(e))`` blocks) holds for flat spectra too, where
+        the directions are not defined but the objective is; the bench prints the fraction
+        of the SVD's objective it reaches on VGG11's sites. A space that reaches
+        ``min(m, n)`` columns (its last block cut to fit) holds the whole range: then it is
+        the SVD to float rounding.
+        ``"gram"``, ``"lowrank"`` and ``"krylov"`` orient each column so that its entry of largest
         magnitude is positive: their units equal the SVD's up to one sign per unit (where
         the singular values are distinct; within a repeated value only the subspace is
         defined), which leaves ``||G^T W_{l+1}^new||`` of eq. (11) unchanged.
@@ -415,8 +427,8 @@ def singular_directions(G: torch.Tensor, k: int, solver: str = "svd"
         return U, S
     if solver == "gram":
         return _gram_directions(G)
-    if solver == "lowrank":
-        return _lowrank_directions(G, k)
+    if solver in ("lowrank", "krylov"):
+        return _lowrank_directions(G, k, solver == "krylov")
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
 
 
@@ -432,14 +444,23 @@ def _gram_directions(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _oriented(G @ vectors[:, resolved] / S[resolved]), S[resolved]
 
 
-def _lowrank_directions(G: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``"lowrank"`` solver of :func:`singular_directions`: Rayleigh-Ritz on a block
-    Krylov space of ``G G^T``, each block orthonormalised (QR) before the next product,
-    grown by :data:`LOWRANK_DEPTH` blocks until the top ``k`` Ritz triplets converge
-    (:data:`LOWRANK_RESIDUAL`) or the space holds ``min(m, n)`` columns."""
+def _lowrank_directions(G: torch.Tensor, k: int, objective: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``"lowrank"`` solver of :func:`singular_directions` (``objective=True``:
+    ``"krylov"``): Rayleigh-Ritz on a block Krylov space of ``G G^T``, grown until the top
+    ``k`` Ritz triplets converge (:data:`LOWRANK_RESIDUAL`, checked every
+    :data:`LOWRANK_DEPTH` blocks) or their objective does (:data:`KRYLOV_TOLERANCE`, every
+    :data:`KRYLOV_CHECK` blocks), or the space holds ``min(m, n)`` columns.
+
+    ``"lowrank"`` orthonormalises each block alone (QR) and the whole space at a check;
+    ``"krylov"`` keeps the space orthonormal as it grows (block Gram-Schmidt, twice) and the
+    products ``G^T Q`` it needs for the next block, so that a check costs only the small
+    Gram matrix ``(G^T Q)^T (G^T Q)``."""
     q = min(k + LOWRANK_OVERSAMPLING, *G.shape)
     generator = torch.Generator().manual_seed(LOWRANK_SEED)
     start = torch.randn(G.shape[1], q, generator=generator, dtype=G.dtype).to(G.device)
+    if objective:
+        return _krylov_directions(G, k, torch.linalg.qr(G @ start).Q)
     blocks = [torch.linalg.qr(G @ start).Q]
     while True:
         depth, full = len(blocks) - 1, len(blocks) * q >= min(G.shape)
@@ -448,6 +469,28 @@ def _lowrank_directions(G: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
             if full or _converged(G, U[:, :k], S[:k], Vh[:k]):
                 return _oriented(U), S
         blocks.append(torch.linalg.qr(G @ (G.T @ blocks[-1])).Q)
+
+
+def _krylov_directions(G: torch.Tensor, k: int, block: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``"krylov"`` iteration of :func:`_lowrank_directions` from its first ``block``."""
+    q, rank = block.shape[1], min(G.shape)
+    basis, products, reached = block, G.T @ block, 0.0  # products = G^T basis
+    while True:
+        full = basis.shape[1] >= rank
+        depth = basis.shape[1] // q - 1
+        if full or (depth > 0 and depth % KRYLOV_CHECK == 0):
+            value = float(torch.linalg.eigvalsh(products.T @ products).flip(0)[:k].sum())
+            if full or value - reached <= KRYLOV_TOLERANCE * value:
+                U, S, _ = torch.linalg.svd(products.T, full_matrices=False)
+                return _oriented(basis @ U[:, :q]), S[:q]
+            reached = value
+        new = G @ products[:, -q:]
+        for _ in range(2):  # twice is enough in float arithmetic ("twice is enough")
+            new = new - basis @ (basis.T @ new)
+        new = torch.linalg.qr(new[:, :rank - basis.shape[1]]).Q  # the last block: what fits
+        basis = torch.cat([basis, new], dim=1)
+        products = torch.cat([products, G.T @ new], dim=1)
 
 
 def _ritz(G: torch.Tensor, space: torch.Tensor, q: int) -> tuple[torch.Tensor, ...]:
@@ -557,6 +600,22 @@ def strided_auxiliary_matrix(model: nn.Module, site, data: list[SiteData],
     cols = (tap[1] * b.view(1, -1, 1, 1) + v.view(1, 1, 1, -1)).expand(k2h, k2w, k1h, k1w)
     G = G_aux[:, :, rows, cols]  # [o, c, kh2, kw2, kh1, kw1]
     return G.permute(0, 2, 3, 1, 4, 5).reshape(o * k2h * k2w, c * k1h * k1w)
+
+
+def matrix_flops(model: nn.Module, site, data: list[SiteData], auxiliary: bool = False) -> int:
+    """Floating-point operations (two per multiply-add) of forming ``site``'s matrix: eq.
+    (20)'s contraction ``sum_(n, q) dz_(o, q) Q_((d, r), q)`` over ``data``, ``2 o R D N L``
+    (``L`` the consumer's output positions). ``auxiliary``: where the paper's auxiliary
+    kernel applies (:func:`auxiliary_applies`), its gradient's instead, ``2 o c (k_l + k_(l+1)
+    - 1)^2 N L`` (fewer: its taps are shared by the ``R D`` pairs). A lower bound of what any
+    way of forming the matrix from the same statistics costs."""
+    D, o, R = unit_sizes(model, site)
+    positions = sum(batch.dz.shape[0] * batch.dz.shape[2] for batch in data)
+    if auxiliary and auxiliary_applies(model, site, data):
+        producer, consumer = model.get_submodule(site.producer), model.get_submodule(site.consumer)
+        taps = math.prod(a + b - 1 for a, b in zip(producer.kernel_size, consumer.kernel_size))
+        return 2 * o * producer.in_channels * taps * positions
+    return 2 * o * R * D * positions
 
 
 def incoming_gradient_norm(G: torch.Tensor, outgoing: torch.Tensor) -> torch.Tensor:
