@@ -382,7 +382,9 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
         See the module docstring.
     split : Split, optional
         Data to use instead of ``config["data"]`` (tests, or data already loaded); not with
-        ``data.per_seed``.
+        ``data.per_seed``. A :class:`growcore.data.SeedSplits` gives each seed its own split
+        (in the order of ``seeds``): every seed group trains on its own seeds' splits (a seed
+        alone on its own split), also when a growth regroups the seeds.
     directory : path, optional
         Where the record goes (default ``$GROWCORE_RESULTS``).
     check_only : bool
@@ -423,6 +425,10 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
     seeds, per_seed_data = config["seeds"], bool(config["data"].get("per_seed"))
     require(split is None or not per_seed_data, "data.per_seed",
             "data drawn per seed cannot come from a given split")
+    given_per_seed = isinstance(split, SeedSplits)  # a seed group runs on its seeds' splits
+    require(not given_per_seed or split.n_seeds == len(seeds), "split",
+            f"a SeedSplits must hold one split per seed of {seeds}; got "
+            f"{split.n_seeds if given_per_seed else None}")
     streaming = is_streamed(config["data"])
     require(split is None or not streaming, "data.stream",
             "a streamed data set cannot come from a given split")
@@ -431,7 +437,7 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
         n_train = first_split.stream.n_examples
     else:
         first_split = (split or load_data(config["data"], seeds[0])).to(device)
-        n_train = len(first_split.y_train)
+        n_train = len((first_split.seed(0) if given_per_seed else first_split).y_train)
     first = build_model(config["model"], _in_memory(first_split), seeds[:1])  # before compute
     batched = batched and isinstance(first, SeedBatchedNet)
     require(not (batched and streaming), "data.stream",
@@ -455,7 +461,8 @@ def run_experiment(config: dict, *, split: Split | None = None, directory=None,
     paths = {}
     while pending:
         group = pending.pop(0)
-        data = (first_split if group == seeds[:1] or not (per_seed_data or streaming)
+        data = (_group_split(first_split, seeds, group) if given_per_seed
+                else first_split if group == seeds[:1] or not (per_seed_data or streaming)
                 else open_stream(config, group[0], device, rank, world) if streaming
                 else load_data(config["data"], group[0]).to(device) if len(group) == 1
                 else SeedSplits.stack([load_data(config["data"], s) for s in group]).to(device))
@@ -593,6 +600,17 @@ def open_stream(config: dict, seed: int, device: str, rank: int = 0, world: int 
 def _in_memory(data) -> Split:
     """The in-memory split of a data source: a split itself, or a stream's sample."""
     return data if isinstance(data, Split) else data.sample
+
+
+def _group_split(split: SeedSplits, seeds: list[int], group: list[int]) -> Split:
+    """The splits of a seed group's seeds out of a given split of every seed of ``seeds``
+    (a seed alone: its own split, as a run of that seed alone gets it)."""
+    if group == list(seeds):
+        return split
+    where = [seeds.index(seed) for seed in group]
+    if len(where) == 1:
+        return split.seed(where[0])
+    return SeedSplits.stack([split.seed(i) for i in where])
 
 
 def _distributed(model: nn.Module, plan: GrowthPlan | None, device: str,
