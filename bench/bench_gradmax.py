@@ -22,7 +22,8 @@ that all the variants see the same load).
    (:class:`growcore.models.stacked.StackedSeeds`) against one plain MLP per seed, one seed at
    a time (the chapter's earlier runs); the ratio is the speed-up the chapter spends on seeds.
 
-Run: ``make bench`` or ``.venv/bin/python bench/bench_gradmax.py`` (``--only 5``: part 5).
+Run: ``make bench`` or ``.venv/bin/python bench/bench_gradmax.py`` (``--only 1``: parts 1 and 2,
+which run on the GPU where there is one; ``--only 5``: part 5).
 """
 
 from __future__ import annotations
@@ -231,8 +232,11 @@ def footnote() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--only", choices=["5"], help="run part 5 alone")
-    if parser.parse_args().only == "5":
+    parser.add_argument("--only", choices=["1", "5"],
+                        help="1: parts 1 and 2 alone (the ratios and the floor, e.g. on a GPU); "
+                             "5: part 5 alone")
+    only = parser.parse_args().only
+    if only == "5":
         print(f"{torch.get_num_threads()} CPU threads")
         teacher_student()
         return
@@ -245,6 +249,8 @@ def main() -> None:
     t_step = growth_steps(model, split)
     proposals, _ = GrowToWidths(1 / WIDTH, GROWTHS)(model, width_sites(model))
     parts(model, split, t_step, proposals)
+    if only == "1":
+        return
     exactness(split)
     footnote()
     teacher_student()
