@@ -143,8 +143,9 @@ def test_lab_preset_is_a_reduced_cpu_preset(params):
     assert lab["n_networks"] < params["n_networks"] and lab["how_seeds"] < params["how_seeds"]
     assert lab["when_seeds"] < params["when_seeds"]
     assert lab["factorial_seeds"] < params["factorial_seeds"]
+    assert lab["depth_networks"] < params["depth_networks"]
     same = set(params) - {"preset", "n_networks", "how_seeds", "progress", "when_seeds",
-                          "factorial_seeds"}
+                          "factorial_seeds", "depth_networks"}
     assert all(lab[k] == params[k] for k in same), "lab changes only how many"
 
 

@@ -6,13 +6,20 @@ with one layer narrower than both its neighbours (NAGN's definition
 then every width criterion scores every width site of the trained network, and each
 criterion is judged by how well its scores single out the bottleneck: the top-1 hit rate and
 the ROC AUC over the network's sites, with bootstrap intervals over networks, and paired
-differences between criteria (the same networks score under every criterion).
+differences between criteria (the same networks score under every criterion). In depth:
+students that are a known teacher MLP less one hidden layer, whose depth sites SensLI's
+merit, a gradient norm and random scores rank against the missing layer's site (and
+against the site where an inserted layer realises the largest gain).
 
 Part 2, *how*: which initialiser of new units helps most? The same seed network (a student of
 GradMax's teacher-student task, section 4.1) grows on the same schedule of sites and amounts
 under every width initialiser of the registry; the training loss and the test MSE after the
 growth phase and at the end are compared with Random's by paired differences over seeds (the
 same teacher, data and initial student per seed; all seeds as one batched program).
+
+Parts 3 and 4, *when* and all together: timings at a fixed where and how, and a factorial of
+when x where x how with main effects, two-way interaction contrasts, the variance explained
+with and without interactions, and the best combination chosen on held-out seeds.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from growcore.images import DataError, DataNotFoundError, dataset_sizes
 from growcore.models.sites import Proposal, width_sites
 from growcore.params import ParameterError, Spec, check_model, require
 from growcore.params import validate as validate_all
-from growcore.registry import names
+from growcore.registry import entry, names
 from growcore.runner import notebook_parameters as runner_parameters
 from growcore.runtime import DEVICES
 from growcore.stats import Probe
@@ -155,6 +162,7 @@ def validate(namespace: dict) -> dict:
             f"must exceed how_interval ({p['how_interval']}): the results after growth are "
             f"read one interval after the last growth; got {p['how_final_steps']}")
     _check_data(p)
+    validate_depth(p)  # part 1 in depth
     return validate_growth(p)  # parts 3 and 4
 
 
@@ -935,3 +943,339 @@ def run_grown_size(p: dict, grown: dict, directory=None, preset: str = "custom",
                 out[key] = out[key] + one[key]
             out["seconds"] += one["seconds"]
     return out
+
+
+# -- part 1, depth: which criterion finds the missing layer? ------------------------------
+#
+# A ground truth for depth: a teacher MLP of L hidden layers of one width h, and a student
+# that is the teacher less hidden layer j (2 <= j <= L). With equal widths the student is
+# the teacher with layer j replaced by the identity (ReLU is idempotent), and inserting the
+# teacher's own layer at the student's depth site j - 2 (after its hidden layer j - 1)
+# gives the teacher back exactly: that site is where "the layer is missing". Layer 1 is
+# never removed: a layer inserted before the first hidden layer would read the raw inputs,
+# where no identity layer keeps the function (SensLI inserts "anywhere after the first
+# hidden layer", section 2.4).
+
+DEPTH_STUDENTS = ("teacher", "random")  # the student starts at the teacher's layers, or fresh
+DEPTH_SEED = 50_000  # offset of the depth networks' generators (not those of the width part)
+
+
+def _sensli_depth(model, sites, probe, index: int) -> list[float]:
+    """SensLI's merit of every depth site (eq. 2.14, the registry's ``sensli``): the squared
+    norm of the loss gradient of a virtual identity layer at the site, over its width
+    squared."""
+    _, info = entry("where", "sensli").build()(model, sites, probe)
+    return [float(m) for m in info["merits"]]
+
+
+def _gradient_norm_depth(model, sites, probe, index: int) -> list[float]:
+    """Norm of the loss gradient of the weights of the layer that follows the site (the layer
+    a new one would feed): the naive baseline, written here (no paper proposes it)."""
+    from growcore.losses import LOSSES, as_seed_batch
+
+    weights = [model.get_submodule(site.container)[site.index].weight for site in sites]
+    X, y = probe.split.X_train, probe.split.y_train
+    value = LOSSES[probe.loss](as_seed_batch(model(X)), y).sum()
+    return [float(g.norm()) for g in torch.autograd.grad(value, weights)]
+
+
+def _random_depth(model, sites, probe, index: int) -> list[float]:
+    """Scores drawn at random (the control of the registry's ``random_depth``)."""
+    generator = torch.Generator().manual_seed(20_000 + index)
+    return torch.rand(len(sites), generator=generator, dtype=torch.float64).tolist()
+
+
+# depth criteria -> the scores they rank depth sites by: the registry's depth criteria that
+# score sites (stage_order follows a fixed order and scores nothing) and one baseline
+DEPTH_CRITERIA = {"sensli": _sensli_depth, "gradient_norm_depth": _gradient_norm_depth,
+                  "random_depth": _random_depth}
+COLOURS.update({"sensli": "#0173b2", "gradient_norm_depth": "#029e73",
+                "random_depth": "#949494"})
+
+PARAMETERS.update({
+    "depth_criteria": Spec(list, item=str, choices=tuple(DEPTH_CRITERIA), min_length=1),
+    "depth_students": Spec(list, item=str, choices=DEPTH_STUDENTS, min_length=1),
+    "depth_networks": Spec(int, minimum=2),
+    "depth_layers": Spec(list, item=int, minimum=3, min_length=1),
+    "depth_widths": Spec(list, item=int, minimum=1, min_length=1),
+    "depth_inputs": Spec(int, minimum=1),
+    "depth_outputs": Spec(int, minimum=1),
+    "depth_points": Spec(int, minimum=1),
+    "depth_steps": Spec(int, minimum=1),
+    "depth_lr": Spec(float, greater_than=0),
+})
+
+
+def validate_depth(p: dict) -> dict:
+    """The cross-parameter checks of the depth benchmark (called by :func:`validate`)."""
+    for name in ("depth_criteria", "depth_students", "depth_layers", "depth_widths"):
+        require(len(set(p[name])) == len(p[name]), name, f"names each once; got {p[name]}")
+    return p
+
+
+def depth_network(p: dict, index: int) -> dict:
+    """Network ``index`` of the depth benchmark: the teacher's ``widths`` (inputs,
+    L hidden layers of one width, outputs), the ``missing`` hidden layer (1-based, 2..L) and
+    the student's depth ``site`` (index into ``MLP.depth_sites()``) where it belongs.
+    Drawn from a generator of ``index`` alone."""
+    g = np.random.default_rng(DEPTH_SEED + index)
+    layers = int(g.choice(p["depth_layers"]))
+    width = int(g.choice(p["depth_widths"]))
+    missing = int(g.integers(2, layers + 1))
+    return {"widths": [p["depth_inputs"], *[width] * layers, p["depth_outputs"]],
+            "missing": missing, "site": missing - 2}
+
+
+def remove_layer(net, missing: int):
+    """The MLP ``net`` less hidden layer ``missing`` (1-based), its other layers' weights
+    copied: the student of the depth benchmark. Needs the removed layer to be square (its
+    input as wide as its output), so that the next layer reads what it read before."""
+    from growcore.models.mlp import MLP
+
+    widths = net.widths
+    if widths[missing - 1] != widths[missing]:
+        raise ValueError(f"hidden layer {missing} maps {widths[missing - 1]} to "
+                         f"{widths[missing]} units: only a square layer can be removed")
+    student = MLP(widths[:missing] + widths[missing + 1:], activation=net.activation,
+                  bias=net.layers[0].bias is not None)
+    kept = [layer for i, layer in enumerate(net.layers) if i != missing - 1]
+    student.load_state_dict({f"layers.{i}.{k}": v for i, layer in enumerate(kept)
+                             for k, v in layer.state_dict().items()})
+    return student.requires_grad_(True)
+
+
+def depth_student(p: dict, index: int, start: str):
+    """(student, split, network) of network ``index``: the teacher labels
+    ``depth_points`` Gaussian inputs (and as many test points; GradMax's teacher, weights
+    U[-1, 1]), the student is the teacher less its missing layer, starting at the teacher's
+    other layers (``start="teacher"``) or freshly initialised (``"random"``, PyTorch's
+    default after ``torch.manual_seed(index)``)."""
+    from growcore.data import teacher_student
+    from growcore.models.mlp import MLP
+
+    network = depth_network(p, index)
+    split, teacher = teacher_student(network["widths"], p["depth_points"], DEPTH_SEED + index)
+    student = remove_layer(teacher, network["missing"])
+    if start == "random":
+        with torch.random.fork_rng():
+            torch.manual_seed(index)
+            student = MLP(student.widths, activation=student.activation)
+    return student, split, network
+
+
+def train_full_batch(model, split, steps: int, lr: float) -> list[float]:
+    """``steps`` full-batch Adam steps on the MSE; the training loss before each step and
+    after the last."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(split.X_train), split.y_train)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    with torch.no_grad():
+        losses.append(float(torch.nn.functional.mse_loss(model(split.X_train),
+                                                          split.y_train)))
+    return losses
+
+
+def depth_scores(model, split, criteria: list[str], index: int) -> dict[str, list[float]]:
+    """Criterion -> its score of every depth site of ``model`` (forward order), on the
+    training data under the MSE."""
+    from growcore.models.sites import depth_sites
+
+    unknown = sorted(set(criteria) - set(DEPTH_CRITERIA))
+    if unknown:
+        raise ParameterError(f"depth_criteria {unknown} unknown; valid: "
+                             f"{sorted(DEPTH_CRITERIA)}")
+    sites, probe = depth_sites(model), Probe(Split(split.X_train, split.y_train), "mse")
+    return {name: DEPTH_CRITERIA[name](model, sites, probe, index) for name in criteria}
+
+
+def realised_gains(model, split, steps: int, lr: float) -> list[float]:
+    """Per depth site: the training MSE of ``model`` trained ``steps`` more steps, minus that
+    of a copy with an identity layer inserted at the site and trained alike (positive: the
+    inserted layer helped). Which site gains most is the empirical answer to "where would a
+    layer help", against which the missing layer's position can be read."""
+    import copy
+
+    from growcore.how import IdentityLayer
+    from growcore.models.sites import depth_sites
+    from growcore.ops.insert import insert_modules
+
+    plain = train_full_batch(copy.deepcopy(model), split, steps, lr)[-1]
+    gains = []
+    for site in depth_sites(model):
+        grown = insert_modules(copy.deepcopy(model), [Proposal(site)], IdentityLayer()).model
+        gains.append(plain - train_full_batch(grown, split, steps, lr)[-1])
+    return gains
+
+
+def run_depth(p: dict) -> list[dict]:
+    """Part 1 in depth: every network of the depth benchmark, for every student start of
+    ``depth_students``, trained ``depth_steps`` full-batch Adam steps, scored at every depth
+    site by every criterion of ``depth_criteria``. One row per network, start and criterion:
+    the detection of :func:`detection` (``hit``, ``auc``) of the missing layer's site, the
+    network's ``layers`` (the teacher's hidden layers), ``width``, ``sites``, ``missing``,
+    the training MSE before and after training, and ``realised`` (1 if inserting an identity
+    layer at the missing layer's site and training ``depth_steps`` more lowers the loss most
+    among the sites, ties shared) with the gain of every site."""
+    rows = []
+    for index in range(p["depth_networks"]):
+        for start in p["depth_students"]:
+            student, split, network = depth_student(p, index, start)
+            losses = train_full_batch(student, split, p["depth_steps"], p["depth_lr"])
+            scores = depth_scores(student, split, p["depth_criteria"], index)
+            gains = realised_gains(student, split, p["depth_steps"], p["depth_lr"])
+            realised = detection(gains, network["site"])
+            for criterion, values in scores.items():
+                rows.append({"network": index, "student": start, "criterion": criterion,
+                             "layers": len(network["widths"]) - 2,
+                             "width": network["widths"][1], "sites": len(values),
+                             "missing": network["missing"], "site": network["site"],
+                             **detection(values, network["site"]), "scores": values,
+                             "loss_start": losses[0], "loss_trained": losses[-1],
+                             "realised": realised["hit"], "gains": gains,
+                             "agrees_with_realised": detection(values, int(np.argmax(gains)))[
+                                 "hit"]})
+    return rows
+
+
+def depth_estimates(scored, criteria: list[str]) -> dict[str, dict[str, dict[str, Estimate]]]:
+    """Student start -> criterion -> the estimates of :func:`detection_estimates` (hit, AUC,
+    hit over chance, bootstrap intervals over networks), plus ``"realised"`` -> the hit rate
+    of the missing layer's site among the realised gains (:func:`realised_gains`) and
+    ``agrees`` (the criterion's hit of the site that gained most; ``agrees_over_chance``
+    minus one over the sites)."""
+    out = {}
+    for start, part in scored.groupby("student", sort=False):
+        out[start] = detection_estimates(part, criteria)
+        for criterion in criteria:
+            agree = part[part.criterion == criterion].agrees_with_realised
+            out[start][criterion]["agrees"] = bootstrap_interval(agree, seed=5)
+            sites = part[part.criterion == criterion].sites
+            out[start][criterion]["agrees_over_chance"] = bootstrap_interval(
+                agree - 1 / sites, seed=8)
+        once = part.drop_duplicates("network")
+        out[start]["realised"] = {"hit": bootstrap_interval(once.realised, seed=6),
+                                  "hit_over_chance": bootstrap_interval(
+                                      once.realised - 1 / once.sites, seed=7)}
+    return out
+
+
+# -- part 4: interactions, and the best combination on held-out seeds ---------------------
+
+PAIR = " \N{MULTIPLICATION SIGN} "  # joins two factors or levels: "when x where"
+
+
+def interaction_rows(rows, measure: str, baselines: dict[str, str] | None = None,
+                     factors: tuple[str, ...] = FACTORS):
+    """The per-seed two-way interaction contrasts against the baselines in long form
+    (``factors`` and ``levels``, the pair's names and levels joined by :data:`PAIR`, ``a``,
+    ``b``, ``la``, ``lb``, seed, difference):
+    ``m(la, lb) - m(la, b0) - m(a0, lb) + m(a0, b0)``, ``m`` the mean of ``measure`` over
+    the cells with those levels (the third factor averaged), ``a0``, ``b0`` the baselines
+    (:data:`BASELINES`). Zero when the effect of ``la`` does not depend on ``lb``;
+    negative: together they lower ``measure`` more than their main effects add up to."""
+    import pandas as pd
+
+    baselines = baselines or BASELINES
+    out = []
+    for i, a in enumerate(factors):
+        for b in factors[i + 1:]:
+            means = rows.groupby([a, b, "seed"])[measure].mean()
+            a0, b0 = baselines[a], baselines[b]
+            base = means.loc[a0, b0]
+            for la in [v for v in rows[a].unique() if v != a0]:
+                for lb in [v for v in rows[b].unique() if v != b0]:
+                    both = means.loc[la, lb]
+                    seeds = both.index
+                    d = (both + base.loc[seeds] - means.loc[la, b0].loc[seeds]
+                         - means.loc[a0, lb].loc[seeds])
+                    out += [{"factors": a + PAIR + b, "levels": la + PAIR + lb, "a": a,
+                             "b": b, "la": la, "lb": lb, "seed": seed, "difference": v}
+                            for seed, v in d.items()]
+    return pd.DataFrame(out)
+
+
+def interaction_effects(rows, measure: str, baselines: dict[str, str] | None = None,
+                        factors: tuple[str, ...] = FACTORS) -> dict[tuple, Estimate]:
+    """(factor a, factor b, level of a, level of b) -> the mean over the seeds of the
+    interaction contrast of :func:`interaction_rows`, with its paired t interval."""
+    long = interaction_rows(rows, measure, baselines, factors)
+    return {key: paired_difference(part.difference, np.zeros(len(part)))
+            for key, part in long.groupby(["a", "b", "la", "lb"], sort=False)}
+
+
+def interaction_r2(rows, factors: list[str], response: str,
+                   extra: tuple[str, ...] = ("seed",)) -> dict[str, float]:
+    """R² of linear models (scikit-learn's LinearRegression) of ``response`` on one-hot
+    factors: ``"main"`` with the main effects of ``factors`` and ``extra``, ``"two-way"``
+    with every two-way interaction of ``factors`` too (a one-hot of each pair of levels),
+    their difference ``"gain"``, and per pair ``a + PAIR + b`` the drop in R² when that one
+    interaction is left out of the two-way model."""
+    import itertools
+
+    import pandas as pd
+    from sklearn.linear_model import LinearRegression
+
+    unknown = sorted(set(factors) - set(rows.columns))
+    if unknown or len(factors) < 2:
+        raise ParameterError(f"factors {unknown or factors} must be two or more columns of "
+                             f"the rows; valid: {sorted(rows.columns)}")
+    pairs = list(itertools.combinations(factors, 2))
+    y = rows[response].to_numpy(float)
+
+    def r2(kept_pairs) -> float:
+        columns = rows[[*factors, *extra]].astype(str)
+        for a, b in kept_pairs:
+            columns[a + PAIR + b] = columns[a] + PAIR + columns[b]
+        X = pd.get_dummies(columns, drop_first=True).to_numpy(float)
+        return float(LinearRegression().fit(X, y).score(X, y))
+
+    main, full = r2([]), r2(pairs)
+    return {"main": main, "two-way": full, "gain": full - main,
+            **{a + PAIR + b: full - r2([q for q in pairs if q != (a, b)]) for a, b in pairs}}
+
+
+def seed_halves(seeds, seed: int = 0) -> tuple[list, list]:
+    """The seeds split into two disjoint halves at random (a generator of ``seed``), the
+    first no larger than the second."""
+    seeds = sorted(set(seeds))
+    if len(seeds) < 2:
+        raise ValueError(f"a split into halves needs two or more seeds, got {seeds}")
+    order = np.random.default_rng(seed).permutation(len(seeds))
+    half = len(seeds) // 2
+    return [seeds[i] for i in sorted(order[:half])], [seeds[i] for i in sorted(order[half:])]
+
+
+def held_out_best(rows, papers: dict[str, tuple] | None = None, untried: bool = False,
+                  seed: int = 0) -> dict:
+    """The best combination chosen on one half of the seeds and tested on the other, both
+    ways (two-fold cross-fitting): in each fold the cell of lowest mean test error on the
+    choosing half (among the cells no paper tried if ``untried``) is compared, on the other
+    half, with each paper's own cell (:data:`PAPER_CELLS`), seed by seed; the differences of
+    both folds are pooled, so every seed's difference comes from a choice made without it.
+
+    Returns ``{"folds": [{"choose": seeds, "test": seeds, "best": cell}, ...],
+    "against": {paper: Estimate}}`` (negative: the chosen cell tests better than the
+    paper's)."""
+    papers = PAPER_CELLS if papers is None else papers
+    by_cell = rows.set_index(list(FACTORS))
+    present = set(by_cell.index.unique())
+    candidates = [c for c in present if not (untried and c in papers.values())]
+    if not candidates:
+        raise ValueError("no combination to choose from")
+    halves = seed_halves(rows.seed.unique(), seed)
+    folds, differences = [], {paper: [] for paper, c in papers.items() if c in present}
+    for choose, test in (halves, halves[::-1]):
+        chosen = rows[rows.seed.isin(choose)].groupby(list(FACTORS)).test_error.mean()
+        best = min(sorted(candidates), key=lambda c: chosen[c])
+        folds.append({"choose": list(choose), "test": list(test), "best": best})
+        tested = rows[rows.seed.isin(test)].set_index([*FACTORS, "seed"]).test_error.sort_index()
+        for paper in differences:
+            differences[paper] += list(tested.loc[best].loc[test].to_numpy()
+                                       - tested.loc[papers[paper]].loc[test].to_numpy())
+    return {"folds": folds, "against": {paper: paired_difference(d, np.zeros(len(d)))
+                                        for paper, d in differences.items()}}
