@@ -9,38 +9,17 @@ from scipy import stats
 CONFIDENCE = 0.95  # level of the band around the mean over seeds
 
 
-SPREADS = ("ci", "sd")  # what mean_band returns beside the mean
-
-
-def mean_band(Y, level: float = CONFIDENCE, spread: str = "ci"):
-    """Mean over seeds (axis 0) and a spread around it.
-
-    Parameters
-    ----------
-    Y : array_like
-        Values, seeds along axis 0 (e.g. [S] or [S, T]).
-    level : float
-        Confidence level of the interval (``spread="ci"`` only).
-    spread : str
-        ``"ci"``: the half-width of the t confidence interval of the mean at ``level``;
-        ``"sd"``: the sample standard deviation over seeds (``ddof=1``).
-
-    Returns
-    -------
-    mean, spread : numpy.ndarray
-        Each of shape ``Y.shape[1:]``; the spread is zero with a single seed.
-    """
-    if spread not in SPREADS:
-        raise ValueError(f"spread must be one of {SPREADS}, got {spread!r}")
+def mean_band(Y, level: float = CONFIDENCE):
+    """Mean over seeds (axis 0) and the half-width of its t confidence interval at ``level``,
+    each of shape ``Y.shape[1:]`` (``Y``: e.g. [S] or [S, T]); the half-width is zero with a
+    single seed. Vectorised over the other axes; one number's interval:
+    :func:`growcore.uncertainty.mean_interval`."""
     Y = np.asarray(Y, dtype=float)
     mean = Y.mean(axis=0)
     n = Y.shape[0]
     if n < 2:
         return mean, np.zeros_like(mean)
-    sd = Y.std(axis=0, ddof=1)
-    if spread == "sd":
-        return mean, sd
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * Y.std(axis=0, ddof=1) / np.sqrt(n)
     return mean, half
 
 
@@ -108,34 +87,6 @@ def loss_and_error(records: dict[str, dict], x: str = "iteration", title: str | 
     bottom.get_legend().remove()
     fig.tight_layout()
     return fig
-
-
-def final_mean_band(record: dict, metric: str, last: int = 50,
-                    level: float = CONFIDENCE) -> tuple[float, float]:
-    """Final value of ``metric`` over seeds: mean and confidence half-width.
-
-    Per seed, ``metric`` is averaged over its last ``last`` iterations; the mean over seeds
-    of these values and the half-width of its t confidence interval are returned (see
-    :func:`mean_band`).
-
-    Parameters
-    ----------
-    record : dict
-        A result record whose ``record["metrics"][metric]`` is [S][T].
-    metric : str
-        E.g. ``"loss"`` or ``"test_error"``.
-    last : int
-        Iterations at the end of the run averaged per seed.
-    level : float
-        Confidence level of the interval.
-
-    Returns
-    -------
-    mean, half : float
-    """
-    values = np.asarray(record["metrics"][metric])[:, -last:].mean(axis=1)
-    mean, half = mean_band(values[:, None], level)
-    return mean[0], half[0]
 
 
 def set_theme() -> None:

@@ -316,21 +316,17 @@ def test_stop_is_permanent():
     assert fired == [3] and policy.stopped_at[0] == 7
 
 
-def test_mean_band_gives_the_sample_standard_deviation_with_spread_sd():
-    """The chapter's ratios over configurations: mean ± sd (ddof 1), 0 for one value."""
+def test_mean_band_gives_the_t_half_width_over_seeds():
+    """The band's mean and 95 % t half-width by hand; 0 for one value."""
     from growcore.plots import mean_band
 
-    mean, sd = mean_band([1.0, 2.0, 4.0], spread="sd")
-    # deviations -4/3, -1/3, 5/3: (16 + 1 + 25) / 9 / 2 = 7/3
-    assert mean == pytest.approx(7 / 3, abs=EXACT) and sd == pytest.approx(math.sqrt(7 / 3),
-                                                                           abs=EXACT)
-    one, none = mean_band([0.5], spread="sd")
-    assert one == 0.5 and none == 0.0
-    _, half = mean_band([1.0, 2.0, 4.0])  # the default is still the 95 % t half-width
+    mean, half = mean_band([1.0, 2.0, 4.0])
+    # deviations -4/3, -1/3, 5/3: sample variance (16 + 1 + 25) / 9 / 2 = 7/3
     t_975_2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # t(p, 2) = (2p - 1) / sqrt(2p(1 - p))
+    assert mean == pytest.approx(7 / 3, abs=EXACT)
     assert half == pytest.approx(t_975_2 * math.sqrt(7 / 3) / math.sqrt(3), rel=1e-9)
-    with pytest.raises(ValueError, match="spread must be one of"):
-        mean_band([1.0, 2.0], spread="se")
+    one, none = mean_band([0.5])
+    assert one == 0.5 and none == 0.0
 
 
 def test_the_chapters_plan_is_the_papers_and_takes_any_width_initialiser():

@@ -252,17 +252,6 @@ def test_loss_of_sums_each_seeds_mean_cross_entropy():
     assert value.item() == pytest.approx(math.log(2) + math.log1p(math.exp(-a)), abs=EXACT)
 
 
-def test_final_mean_band_averages_the_last_iterations_then_the_seeds():
-    from growcore.plots import final_mean_band
-
-    record = _record(loss=[[9.0, 1.0, 1.0], [9.0, 2.0, 2.0], [9.0, 3.0, 3.0]])
-    mean, half = final_mean_band(record, "loss", last=2)   # per seed 1, 2, 3: sd 1
-    assert mean == pytest.approx(2.0, abs=EXACT)
-    assert half == pytest.approx(T95_2 / math.sqrt(3), rel=1e-9)
-    mean, _ = final_mean_band(record, "loss", last=3)      # per seed 11/3, 13/3, 15/3
-    assert mean == pytest.approx(13 / 3, abs=EXACT)
-
-
 def test_summary_table_lists_size_final_loss_and_error():
     from growcore.chapters.sensli import summary_table
 
