@@ -144,8 +144,9 @@ def test_lab_preset_is_a_reduced_cpu_preset(params):
     assert lab["when_seeds"] < params["when_seeds"]
     assert lab["factorial_seeds"] < params["factorial_seeds"]
     assert lab["depth_networks"] < params["depth_networks"]
+    assert lab["depth_how_seeds"] < params["depth_how_seeds"]
     same = set(params) - {"preset", "n_networks", "how_seeds", "progress", "when_seeds",
-                          "factorial_seeds", "depth_networks"}
+                          "factorial_seeds", "depth_networks", "depth_how_seeds"}
     assert all(lab[k] == params[k] for k in same), "lab changes only how many"
 
 

@@ -15,7 +15,13 @@ Part 2, *how*: which initialiser of new units helps most? The same seed network 
 GradMax's teacher-student task, section 4.1) grows on the same schedule of sites and amounts
 under every width initialiser of the registry; the training loss and the test MSE after the
 growth phase and at the end are compared with Random's by paired differences over seeds (the
-same teacher, data and initial student per seed; all seeds as one batched program).
+same teacher, data and initial student per seed; all seeds as one batched program). In
+depth: the same seed ResNet on CIFAR-10 gets one block at the end of one stage at one fixed
+step, started by every depth initialiser of the registry (identity, block copy, moment
+growth, He initialisation); the training loss right after the insertion, a few steps after
+and at the end, and the test error, are compared with the identity block's by paired
+differences (the same initial network and batches per seed), and the loss of the insertion
+step's batch before and after the insertion tells which initialisers keep the function.
 
 Parts 3 and 4, *when* and all together: timings at a fixed where and how, and a factorial of
 when x where x how with main effects, two-way interaction contrasts, the variance explained
@@ -163,6 +169,7 @@ def validate(namespace: dict) -> dict:
             f"read one interval after the last growth; got {p['how_final_steps']}")
     _check_data(p)
     validate_depth(p)  # part 1 in depth
+    validate_depth_how(p)  # part 2 in depth
     return validate_growth(p)  # parts 3 and 4
 
 
@@ -446,14 +453,15 @@ def how_difference_rows(outcomes, reference: str = REFERENCE):
 
 
 def how_table(differences: dict[tuple[str, str], Estimate], outcomes,
-              reference: str = REFERENCE):
-    """The paired differences as a table: one row per initialiser, per measure the mean
-    difference ``[low, high]`` and in how many seeds the initialiser is lower."""
+              reference: str = REFERENCE, measures: tuple[str, ...] = HOW_MEASURES):
+    """The paired differences as a table: one row per initialiser, per measure of
+    ``measures`` the mean difference ``[low, high]`` and in how many seeds the initialiser
+    is lower."""
     import pandas as pd
 
     rows = {}
     for how, part, base in _against(outcomes, reference):
-        for measure in HOW_MEASURES:
+        for measure in measures:
             e, lower = differences[how, measure], int((part[measure] < base[measure]).sum())
             rows.setdefault(how, {"n": e.n})[measure] = (
                 f"{e.mean:+.3g} [{e.low:+.3g}, {e.high:+.3g}], lower in {lower}")
@@ -1279,3 +1287,269 @@ def held_out_best(rows, papers: dict[str, tuple] | None = None, untried: bool = 
                                        - tested.loc[papers[paper]].loc[test].to_numpy())
     return {"folds": folds, "against": {paper: paired_difference(d, np.zeros(len(d)))
                                         for paper, d in differences.items()}}
+
+
+# -- part 2 in depth: which depth initialiser helps most? ---------------------------------
+#
+# The same seed ResNet (BasicBlocks, He-initialised) on CIFAR-10 gets one block inserted at
+# the end of stage ``depth_how_stage`` (the registry's ``stage_order``, seed -> seed + 1
+# block there) at the fixed step ``depth_how_growth_step`` (``at``), by each depth
+# initialiser of the registry; seed s fixes the initial network (``torch.manual_seed(s)``)
+# and the order of the batches (a generator of s), the data split is the same for every
+# seed. A run of the seed network without growth, up to the insertion step, gives the loss
+# of the network before the insertion on the very batch the grown networks see first: the
+# function-preservation check reads the two on the same batch and weights.
+
+DEPTH_INITIALISERS = tuple(names("how", "depth"))  # identity, block_copy, block_moment, ...
+DEPTH_REFERENCE = "identity"  # the simplest: every other depth initialiser is paired with it
+SEED_NETWORK = "seed network"  # the run without growth, up to the insertion
+DEPTH_HOW_MEASURES = ("training loss right after growth", "training loss a few steps after",
+                      "test error a few steps after", "training loss at the end",
+                      "test error at the end")
+PRESERVED = 1e-5  # |loss after - loss before| of a function-preserving insertion (float32)
+COLOURS.update({"identity": "#949494", "block_copy": "#0173b2", "block_moment": "#029e73",
+                "block_kaiming": "#de8f05"})
+
+PARAMETERS.update({
+    "depth_initialisers": Spec(list, item=str, choices=DEPTH_INITIALISERS, min_length=1),
+    "depth_how_seeds": Spec(int, minimum=2),
+    "depth_how_widths": Spec(list, item=int, minimum=1, min_length=1),
+    "depth_how_blocks": Spec(list, item=int, minimum=1, min_length=1),
+    "depth_how_stage": Spec(int, minimum=0),
+    "depth_how_growth_step": Spec(int, minimum=1),
+    "depth_how_after_steps": Spec(int, minimum=1),
+    "depth_how_steps": Spec(int, minimum=3),
+    "depth_how_batch_size": Spec(int, minimum=1),
+    "depth_how_lr": Spec(float, greater_than=0),
+    "depth_how_momentum": Spec(float, minimum=0),
+    "depth_moment_decay": Spec(float, greater_than=0, less_than=1),
+})
+
+
+def validate_depth_how(p: dict) -> dict:
+    """The cross-parameter checks of part 2 in depth (called by :func:`validate`), and the
+    grown ResNet against the 32x32 input (a forward pass), before any compute."""
+    names_ = p["depth_initialisers"]
+    require(len(set(names_)) == len(names_), "depth_initialisers",
+            f"names each initialiser once; got {names_}")
+    require(DEPTH_REFERENCE in names_ and len(names_) >= 2, "depth_initialisers",
+            f"must include {DEPTH_REFERENCE!r}, the reference of the paired differences, and "
+            f"one or more initialisers to compare with it; got {names_}")
+    require(len(p["depth_how_blocks"]) == len(p["depth_how_widths"]), "depth_how_blocks",
+            f"needs one block count per stage width {p['depth_how_widths']}; got "
+            f"{p['depth_how_blocks']}")
+    require(p["depth_how_stage"] < len(p["depth_how_blocks"]), "depth_how_stage",
+            f"must be a stage of the seed network (0..{len(p['depth_how_blocks']) - 1}); got "
+            f"{p['depth_how_stage']}")
+    end = p["depth_how_growth_step"] + p["depth_how_after_steps"]
+    require(end < p["depth_how_steps"], "depth_how_steps",
+            f"must exceed depth_how_growth_step + depth_how_after_steps ({end}): the "
+            f"results a few steps after the insertion are read before the end; got "
+            f"{p['depth_how_steps']}")
+    require(p["depth_how_after_steps"] <= p["depth_how_steps"] - end, "depth_how_after_steps",
+            f"must not exceed the steps after the early reading ({p['depth_how_steps'] - end}):"
+            f" the end is read over the last depth_how_after_steps batches; got "
+            f"{p['depth_how_after_steps']}")
+    require(p["depth_how_batch_size"] <= p["n_train"], "depth_how_batch_size",
+            f"must not exceed n_train ({p['n_train']}); got {p['depth_how_batch_size']}")
+    check_model("depth_how_widths", p["depth_how_widths"], "resnet",
+                {"blocks": depth_how_target(p), "widths": list(p["depth_how_widths"])},
+                (3, 32, 32), 10)
+    return p
+
+
+def depth_how_target(p: dict) -> list[int]:
+    """Blocks per stage after the insertion: one more in stage ``depth_how_stage``."""
+    target = list(p["depth_how_blocks"])
+    target[p["depth_how_stage"]] += 1
+    return target
+
+
+def depth_how_spec(p: dict, how: str) -> dict:
+    """The registry spec of a depth initialiser (moment growth with ``depth_moment_decay``;
+    the block initialisers as FRAGrow uses them, not function-preserving)."""
+    if how == "block_moment":
+        return {"name": how, "moment_decay": p["depth_moment_decay"]}
+    return {"name": how}
+
+
+def depth_how_config(p: dict, how: str | None) -> dict:
+    """One driver configuration of part 2 in depth: the seed ResNet (``depth_how_widths``,
+    ``depth_how_blocks``) on part 1's CIFAR-10 split (``n_train``, ``n_test``, split seed
+    0), SGD with momentum at a constant rate in mini-batches, the test error every
+    ``depth_how_growth_step + depth_how_after_steps`` steps (so once a few steps after the
+    insertion) and at the end. With ``how``, one block inserted by ``how`` at the end of
+    stage ``depth_how_stage`` at step ``depth_how_growth_step``; without, the seed network
+    trained up to and including that step (:data:`SEED_NETWORK`)."""
+    g, a = p["depth_how_growth_step"], p["depth_how_after_steps"]
+    data = {"name": "cifar10", "n_train": p["n_train"], "n_test": p["n_test"],
+            "split_seed": 0}
+    if p["cifar10_archive"]:
+        data["archive"] = p["cifar10_archive"]
+    config = {
+        "name": f"depth how {how or SEED_NETWORK}", "seeds": list(range(p["depth_how_seeds"])),
+        "data": data,
+        "model": {"name": "resnet", "blocks": list(p["depth_how_blocks"]),
+                  "widths": list(p["depth_how_widths"])},
+        "train": {"iterations": p["depth_how_steps"] if how else g + 1,
+                  "batch_size": p["depth_how_batch_size"], "lr": p["depth_how_lr"],
+                  "momentum": p["depth_how_momentum"], "eval_every": g + a, "init_seed": 0}}
+    if how:
+        config["plan"] = {"when": {"name": "at", "iterations": [g]},
+                          "where": {"name": "stage_order", "seed": list(p["depth_how_blocks"]),
+                                    "target": depth_how_target(p)},
+                          "how": depth_how_spec(p, how)}
+    return config
+
+
+def depth_how_experiments(p: dict) -> dict[str, dict]:
+    """Initialiser -> its configuration (:func:`depth_how_config`), and
+    :data:`SEED_NETWORK` -> the run without growth; the configurations differ only in the
+    plan's ``how`` (and the seed network's in having no plan and stopping after the
+    insertion step)."""
+    runs = {how: depth_how_config(p, how) for how in p["depth_initialisers"]}
+    runs[SEED_NETWORK] = depth_how_config(p, None)
+    return runs
+
+
+def run_depth_how(p: dict, split=None, directory=None, preset: str = "custom",
+                  device: str = "cpu", progress: bool = False, save: bool = True
+                  ) -> dict[str, dict]:
+    """Run :func:`depth_how_experiments` through the driver, each seed alone (the driver's
+    loop over seeds): name -> record. ``split``: the CIFAR-10 split of the configurations'
+    data section (loaded once if not given; any split of 32x32 images with 10 classes, e.g.
+    generated data in the tests)."""
+    from growcore.driver import load_data, run_experiment
+
+    runs = depth_how_experiments(p)
+    if split is None:
+        split = load_data(next(iter(runs.values()))["data"]).to(device)
+    return {name: run_experiment(config, split=split, directory=directory, preset=preset,
+                                 device=device, progress=progress, save=save)
+            for name, config in runs.items()}
+
+
+def depth_how_outcomes(records: dict[str, dict], p: dict):
+    """One row per initialiser and seed: ``loss before insertion`` (the seed network's loss
+    on the batch of the insertion step, the grown networks' first batch), ``training loss
+    right after growth`` (the grown network's loss on that batch, before any update of the
+    new block), ``function change`` (after minus before), ``training loss a few steps after``
+    (the mean loss of the ``depth_how_after_steps`` batches after that update), ``test error
+    a few steps after`` (``depth_how_after_steps`` updates after the insertion), ``training
+    loss at the end`` (the mean loss of the last ``depth_how_after_steps`` batches), ``test
+    error at the end``, ``training error at the end`` (the final model, eval mode) and the
+    final ``depths``. Losses are mini-batch cross-entropies in train mode; every run sees
+    the same batches, so all of them pair by seed."""
+    import pandas as pd
+
+    g, a = p["depth_how_growth_step"], p["depth_how_after_steps"]
+    before = dict(zip(records[SEED_NETWORK]["metrics"]["seed"],
+                      (float(loss[g]) for loss in records[SEED_NETWORK]["metrics"]["loss"])))
+    rows = []
+    for how, record in records.items():
+        if how == SEED_NETWORK:
+            continue
+        m = record["metrics"]
+        for i, seed in enumerate(m["seed"]):
+            loss = np.asarray(m["loss"][i], dtype=float)
+            test = {e["iteration"]: e["test_error"] for e in m["evals"][i]}
+            rows.append({"initialiser": how, "seed": seed, "loss before insertion": before[seed],
+                         "training loss right after growth": loss[g],
+                         "function change": loss[g] - before[seed],
+                         "training loss a few steps after": loss[g + 1:g + 1 + a].mean(),
+                         "test error a few steps after": test[g + a],
+                         "training loss at the end": loss[-a:].mean(),
+                         "test error at the end": m["final_test"][i],
+                         "training error at the end": m["final_train"][i],
+                         "depths": m["final_model"][i].get("depths")})
+    return pd.DataFrame(rows)
+
+
+def depth_how_differences(outcomes, reference: str = DEPTH_REFERENCE
+                          ) -> dict[tuple[str, str], Estimate]:
+    """(initialiser, measure) -> the paired difference initialiser minus ``reference`` of
+    each measure of :data:`DEPTH_HOW_MEASURES` over the seeds, with its t interval."""
+    out = {}
+    for how, part, base in _against(outcomes, reference):
+        for measure in DEPTH_HOW_MEASURES:
+            out[how, measure] = paired_difference(part[measure], base[measure])
+    return out
+
+
+def depth_how_difference_rows(outcomes, reference: str = DEPTH_REFERENCE):
+    """The per-seed differences against ``reference`` in long form (initialiser, seed,
+    measure, difference), for a point plot of the paired differences."""
+    import pandas as pd
+
+    rows = []
+    for how, part, base in _against(outcomes, reference):
+        for measure in DEPTH_HOW_MEASURES:
+            rows += [{"initialiser": how, "seed": seed, "measure": measure, "difference": d}
+                     for seed, d in (part[measure] - base[measure]).items()]
+    return pd.DataFrame(rows)
+
+
+def function_preservation(outcomes) -> dict[str, dict]:
+    """Initialiser -> ``{"change": Estimate, "largest": float, "preserves": bool}``: the
+    loss right after the insertion minus the loss right before on the same batch (mean over
+    the seeds with its paired t interval), the largest absolute change over the seeds, and
+    whether every seed's change is within :data:`PRESERVED` (the data's answer to "does it
+    keep the function?")."""
+    out = {}
+    for how, part in outcomes.groupby("initialiser", sort=False):
+        change = part["function change"].to_numpy(float)
+        largest = float(np.abs(change).max())
+        out[how] = {"change": paired_difference(part["training loss right after growth"],
+                                                part["loss before insertion"]),
+                    "largest": largest, "preserves": largest <= PRESERVED}
+    return out
+
+
+def depth_how_loss_gaps(records: dict[str, dict], p: dict,
+                        reference: str = DEPTH_REFERENCE) -> dict[str, np.ndarray]:
+    """Initialiser -> the per-iteration mini-batch loss minus the reference's on the same
+    seed and batch, ``[seeds, iterations]`` (seeds in the reference's order), for a band
+    over the seeds."""
+    base = records[reference]["metrics"]
+    order = list(base["seed"])
+    ref = np.asarray(base["loss"], dtype=float)
+    out = {}
+    for how, record in records.items():
+        if how in (reference, SEED_NETWORK):
+            continue
+        m = record["metrics"]
+        losses = np.asarray(m["loss"], dtype=float)[[list(m["seed"]).index(s) for s in order]]
+        out[how] = losses - ref
+    return out
+
+
+def preservation_words(check: dict[str, dict]) -> str:
+    """In words, per initialiser, what :func:`function_preservation` found: the mean change
+    of the loss at the insertion with its interval, the largest change over the seeds, and
+    whether the insertion kept the function on every seed."""
+    parts = []
+    for how, c in check.items():
+        e = c["change"]
+        verdict = ("kept the function (the loss of the insertion step's batch) on every "
+                   "seed" if c["preserves"] else "changed the function")
+        parts.append(f"{how} {verdict} (loss after minus before {e.mean:+.3g} "
+                     f"[{e.low:+.3g}, {e.high:+.3g}], largest |change| {c['largest']:.2g})")
+    n = next(iter(check.values()))["change"].n
+    return f"n = {n} seeds: " + "; ".join(parts)
+
+
+def new_block_is_copy(model, how: str) -> dict[str, bool]:
+    """Stage -> whether the depth initialiser ``how`` (a registry name) fills a block
+    appended to that stage of the staged ``model`` with the preceding block's weights (the
+    same shapes and values) or not (FRAGrow's He initialisation after a downsampling block,
+    whose shape a copy cannot take)."""
+    from growcore.models.sites import depth_sites
+
+    build = entry("how", how).build()
+    out = {}
+    for site in depth_sites(model):
+        template = model.get_submodule(site.container)[site.index - 1].state_dict()
+        new = build(model, Proposal(site)).state_dict()
+        out[site.container] = new.keys() == template.keys() and all(
+            torch.equal(new[k], template[k]) for k in template)
+    return out
