@@ -145,8 +145,11 @@ def test_lab_preset_is_a_reduced_cpu_preset(params):
     assert lab["factorial_seeds"] < params["factorial_seeds"]
     assert lab["depth_networks"] < params["depth_networks"]
     assert lab["depth_how_seeds"] < params["depth_how_seeds"]
+    assert lab["cifar_factorial_seeds"] < params["cifar_factorial_seeds"]
+    assert lab["cifar_factorial_n_train"] < params["cifar_factorial_n_train"]
     same = set(params) - {"preset", "n_networks", "how_seeds", "progress", "when_seeds",
-                          "factorial_seeds", "depth_networks", "depth_how_seeds"}
+                          "factorial_seeds", "depth_networks", "depth_how_seeds",
+                          "cifar_factorial_seeds", "cifar_factorial_n_train"}
     assert all(lab[k] == params[k] for k in same), "lab changes only how many"
 
 

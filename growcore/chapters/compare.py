@@ -141,6 +141,8 @@ PARAMETERS = {
 
 def validate(namespace: dict) -> dict:
     """Check the notebook's parameters (picked by name from ``namespace``) before compute."""
+    from growcore.chapters import compare_cifar  # part 4 on CIFAR-10 (it imports this module)
+
     p = validate_all({k: namespace[k] for k in PARAMETERS if k in namespace}, PARAMETERS)
     require(len(set(p["criteria"])) == len(p["criteria"]), "criteria",
             f"names each criterion once; got {p['criteria']}")
@@ -170,7 +172,9 @@ def validate(namespace: dict) -> dict:
     _check_data(p)
     validate_depth(p)  # part 1 in depth
     validate_depth_how(p)  # part 2 in depth
-    return validate_growth(p)  # parts 3 and 4
+    p = validate_growth(p)  # parts 3 and 4
+    p.update(compare_cifar.validate_cifar(p))  # part 4 on CIFAR-10
+    return p
 
 
 def _check_data(p: dict) -> None:
@@ -486,6 +490,50 @@ def how_words(differences: dict[tuple[str, str], Estimate], measure: str,
 
 
 
+def effect_words(effects: dict[tuple[str, str], Estimate], factor: str) -> str:
+    """In words, the main effects of ``factor``'s levels against its simple baseline
+    (:data:`BASELINES`), from :func:`main_effects` (as :func:`how_words` puts them)."""
+    words = {(level, "e"): e for (f, level), e in effects.items() if f == factor}
+    return how_words(words, "e", reference=BASELINES[factor]).replace(
+        "e (n =", f"{factor} (n =", 1)
+
+
+def pareto_figure(points, references, whens: list[str], wheres: list[str], hows: list[str]):
+    """Final test error against training GFLOPs, one point per combination (``points``:
+    :func:`cell_summary` with a ``GFLOPs`` column; grey bars its interval), one panel per
+    timing, colour the where-criterion, marker the initialiser, the Pareto front of all
+    combinations dashed, and the static networks of ``references`` (index: their label;
+    columns ``test_error``, ``GFLOPs``) in black."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(whens), figsize=(5 * len(whens) + 1.5, 4), sharey=True,
+                             squeeze=False)
+    markers = dict(zip(hows, ["o", "s", "^", "v", "P", "X"]))
+    front = points[points.pareto].sort_values("GFLOPs")
+    for ax, when in zip(axes[0], whens):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # no overlapping labels
+        part = points[points["when"] == when]
+        ax.errorbar(part.GFLOPs, part.test_error, yerr=[part.test_error - part.low,
+                    part.high - part.test_error], fmt="none", ecolor="0.7", lw=0.8, zorder=1)
+        sns.scatterplot(data=part, x="GFLOPs", y="test_error", hue="where", style="how",
+                        hue_order=wheres, style_order=hows, markers=markers,
+                        palette={c: COLOURS[c] for c in wheres}, s=70, ax=ax,
+                        legend=ax is axes[0][-1], zorder=2)
+        ax.plot(front.GFLOPs, front.test_error, color="0.4", lw=1, ls="--", zorder=0,
+                label="Pareto front (all cells)")
+        for label, row in references.iterrows():
+            ax.scatter(row.GFLOPs, row.test_error, color=COLOURS["static"],
+                       marker={"small": "<", "large": ">"}.get(label, "*"), s=80, zorder=3)
+            ax.annotate(f"static {label}", (row.GFLOPs, row.test_error), fontsize="x-small",
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set(xlabel="training GFLOPs (log)", ylabel="final test error", title=f"when: {when}")
+    axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
+
+
 # -- parts 3 and 4: when, and all together -------------------------------------------------
 #
 # The timing rules read classification errors (FRAGrow's ORL is a gap of accuracies in
@@ -533,6 +581,28 @@ PARAMETERS.update({
     "factorial_seeds": Spec(int, minimum=2),
     "factorial_hidden": Spec(list, item=int, minimum=1, min_length=2),
     "factorial_points": Spec(int, minimum=CLASSES),
+})
+
+
+PARAMETERS.update({  # part 4 on CIFAR-10 (growcore.chapters.compare_cifar)
+    "cifar_factorial_when": Spec(list, item=str, choices=TIMINGS, min_length=1),
+    "cifar_factorial_where": Spec(list, item=str, choices=FACTOR_WHERE, min_length=1),
+    "cifar_factorial_how": Spec(list, item=str, choices=INITIALISERS, min_length=1),
+    "cifar_factorial_seeds": Spec(int, minimum=2),
+    "cifar_factorial_n_train": Spec(int, minimum=1),
+    "cifar_factorial_n_val": Spec(int, minimum=1),
+    "cifar_factorial_n_test": Spec(int, minimum=1),
+    "cifar_factorial_augment": Spec(bool),
+    "cifar_factorial_epochs": Spec(int, minimum=1),
+    "cifar_factorial_final_epochs": Spec(float, minimum=0),
+    "cifar_factorial_evals_per_epoch": Spec(int, minimum=1),
+    "cifar_factorial_batch_size": Spec(int, minimum=1),
+    "cifar_factorial_lr": Spec(float, greater_than=0),
+    "cifar_factorial_weight_decay": Spec(float, minimum=0),
+    "cifar_factorial_widths": Spec(list, item=int, minimum=1, min_length=2),
+    "cifar_factorial_units": Spec(int, minimum=1),
+    "cifar_factorial_growths": Spec(int, minimum=1),
+    "cifar_factorial_grown_size": Spec(list, item=str, choices=tuple(PAPER_CELLS)),
 })
 
 

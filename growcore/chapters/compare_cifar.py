@@ -24,7 +24,8 @@ criterion may choose different sites per seed, an adaptive timing reads one seed
 its rows unchanged. :func:`generated_cifar` makes small CIFAR-shaped data with a learnable
 signal: the smoke path of the tests, where the archive is not used.
 
-Cost (the cpu preset, :data:`CIFAR_DEFAULTS`): 2 timings x 2 criteria x 2 initialisers x 3
+The parameters' values per preset are the notebook's (its parameters cell: the cpu preset)
+and ``presets/compare.yml``'s. Cost (the cpu preset): 2 timings x 2 criteria x 2 initialisers x 3
 seeds, the static small and large networks and the grown-size static of GradMax's cell: 11
 runs of 3 seeds, about 200 s of CPU time on one thread (measured; 4 to 5 minutes of wall
 time on a shared 2-core machine under load). The gpu preset's cost is estimated from FLOPs by
@@ -41,7 +42,7 @@ import torch
 
 from growcore.chapters import compare
 from growcore.images import CIFAR10_CLASSES, DataError, DataNotFoundError, ImageSplit
-from growcore.params import ParameterError, Spec, check, check_model, require
+from growcore.params import ParameterError, check, check_model, require
 from growcore.params import validate as validate_all
 from growcore.when.formulas import max_interval
 
@@ -56,79 +57,9 @@ SHARED = ("fragrow_alpha", "convergent_patience", "norm_scale", "opt_steps", "fi
 FACTOR_PARAMETERS = {"when": "cifar_factorial_when", "where": "cifar_factorial_where",
                      "how": "cifar_factorial_how"}
 
-CIFAR_PARAMETERS = {
-    "cifar_factorial_when": Spec(list, item=str, choices=compare.TIMINGS, min_length=1),
-    "cifar_factorial_where": Spec(list, item=str, choices=compare.FACTOR_WHERE, min_length=1),
-    "cifar_factorial_how": Spec(list, item=str, choices=compare.INITIALISERS, min_length=1),
-    "cifar_factorial_seeds": Spec(int, minimum=2),
-    "cifar_factorial_n_train": Spec(int, minimum=1),
-    "cifar_factorial_n_val": Spec(int, minimum=1),
-    "cifar_factorial_n_test": Spec(int, minimum=1),
-    "cifar_factorial_augment": Spec(bool),
-    "cifar_factorial_epochs": Spec(int, minimum=1),
-    "cifar_factorial_final_epochs": Spec(float, minimum=0),
-    "cifar_factorial_evals_per_epoch": Spec(int, minimum=1),
-    "cifar_factorial_batch_size": Spec(int, minimum=1),
-    "cifar_factorial_lr": Spec(float, greater_than=0),
-    "cifar_factorial_weight_decay": Spec(float, minimum=0),
-    "cifar_factorial_widths": Spec(list, item=int, minimum=1, min_length=2),
-    "cifar_factorial_units": Spec(int, minimum=1),
-    "cifar_factorial_growths": Spec(int, minimum=1),
-    "cifar_factorial_grown_size": Spec(list, item=str, choices=tuple(compare.PAPER_CELLS)),
-}
-
-# the cpu preset (the notebook's defaults): a small subset of part 4's levels, each factor's
-# baseline (compare.BASELINES) and GradMax's and FRAGrow's own cells among them
-CIFAR_DEFAULTS = {
-    "cifar_factorial_when": ["every", "fragrow"],  # timings (must include every)
-    "cifar_factorial_where": ["singular_value", "random_width"],  # criteria (with random_width)
-    "cifar_factorial_how": ["gradmax", "random"],  # initialisers (must include random)
-    "cifar_factorial_seeds": 3,  # seeds per cell, paired across cells
-    "cifar_factorial_n_train": 2000,  # CIFAR-10 training images
-    "cifar_factorial_n_val": 500,  # validation images, held out of the training set
-    "cifar_factorial_n_test": 1000,  # test images
-    "cifar_factorial_augment": False,  # random crops and flips
-    "cifar_factorial_epochs": 4,  # training epochs (E_T)
-    "cifar_factorial_final_epochs": 1.0,  # epochs after the last growth at least (E_F_min)
-    "cifar_factorial_evals_per_epoch": 1,  # evaluations (of the validation error) per epoch
-    "cifar_factorial_batch_size": 50,  # examples per batch
-    "cifar_factorial_lr": 0.002,  # AdamW learning rate (constant)
-    "cifar_factorial_weight_decay": 0.01,  # AdamW weight decay
-    "cifar_factorial_widths": [8, 16, 32],  # channels of the start network, one conv per stage
-    "cifar_factorial_units": 4,  # channels added per growth (NAGN: at most, per site)
-    "cifar_factorial_growths": 2,  # growths per run
-    "cifar_factorial_grown_size": ["GradMax"],  # papers whose own cell gets NAGN's static
-}
-
-# the other presets' values, for presets/compare.yml (the notebook's file): smoke (seconds,
-# every code path, on the real archive), lab (fewer seeds and images), gpu (the factorial at
-# a larger scale: every timing and criterion, the papers' initialisers and the baseline,
-# the full training set less the validation images, longer schedules). Its cost, estimated
-# by expected_cost: 65 runs (60 cells, 2 statics, 3 grown-size statics) of 5 seeds, 3.4
-# million updates, about 1.9 GPU-hours on one GPU, set by the assumed floor of 2 ms per
-# update (the training FLOPs alone would take about 0.2 h at 40 TFLOP/s); an estimate, not
-# a measurement: the seeds train one at a time, and the growth steps' statistics over the
-# 45,000 images are not counted
-CIFAR_PRESETS = {
-    "smoke": {"cifar_factorial_seeds": 2, "cifar_factorial_n_train": 100,
-              "cifar_factorial_n_val": 50, "cifar_factorial_n_test": 100,
-              "cifar_factorial_epochs": 2, "cifar_factorial_batch_size": 50,
-              "cifar_factorial_widths": [4, 8], "cifar_factorial_units": 2,
-              "cifar_factorial_growths": 1},
-    "lab": {"cifar_factorial_seeds": 2, "cifar_factorial_n_train": 1000},
-    "cpu": {},
-    "gpu": {"cifar_factorial_when": list(compare.TIMINGS),
-            "cifar_factorial_where": list(compare.FACTOR_WHERE),
-            "cifar_factorial_how": ["gradmax", "kaiming_new", "random"],
-            "cifar_factorial_seeds": 5, "cifar_factorial_n_train": 45_000,
-            "cifar_factorial_n_val": 5_000, "cifar_factorial_n_test": 10_000,
-            "cifar_factorial_augment": True, "cifar_factorial_epochs": 30,
-            "cifar_factorial_final_epochs": 10.0, "cifar_factorial_batch_size": 128,
-            "cifar_factorial_widths": [32, 64, 128], "cifar_factorial_units": 16,
-            "cifar_factorial_growths": 4,
-            "cifar_factorial_grown_size": list(compare.PAPER_CELLS)},
-}
-
+# the parameters of this part (the chapter's, in compare.PARAMETERS with the others)
+CIFAR_PARAMETERS = {k: spec for k, spec in compare.PARAMETERS.items()
+                    if k.startswith("cifar_factorial_")}
 
 def validate_cifar(p: dict, split: ImageSplit | None = None) -> dict:
     """Check the parameters of the CIFAR-10 factorial (the ``cifar_factorial_*`` names and
