@@ -432,25 +432,26 @@ def _against(outcomes, reference: str):
             yield how, outcomes[outcomes.initialiser == how].set_index("seed").loc[base.index], base
 
 
-def how_differences(outcomes, reference: str = REFERENCE) -> dict[tuple[str, str], Estimate]:
-    """(initialiser, measure) -> the paired difference initialiser minus ``reference`` over
-    the seeds (the same seed network, data and schedule), with its t interval; negative:
-    lower than the reference."""
+def how_differences(outcomes, reference: str = REFERENCE, measures=HOW_MEASURES
+                    ) -> dict[tuple[str, str], Estimate]:
+    """(initialiser, measure) -> the paired difference initialiser minus ``reference`` of
+    each of ``measures`` over the seeds (the same seed network, data and schedule), with its
+    t interval; negative: lower than the reference."""
     out = {}
     for how, part, base in _against(outcomes, reference):
-        for measure in HOW_MEASURES:
+        for measure in measures:
             out[how, measure] = paired_difference(part[measure], base[measure])
     return out
 
 
-def how_difference_rows(outcomes, reference: str = REFERENCE):
-    """The per-seed differences against ``reference`` in long form (initialiser, seed,
-    measure, difference), for a point plot of the paired differences."""
+def how_difference_rows(outcomes, reference: str = REFERENCE, measures=HOW_MEASURES):
+    """The per-seed differences of ``measures`` against ``reference`` in long form
+    (initialiser, seed, measure, difference), for a point plot of the paired differences."""
     import pandas as pd
 
     rows = []
     for how, part, base in _against(outcomes, reference):
-        for measure in HOW_MEASURES:
+        for measure in measures:
             rows += [{"initialiser": how, "seed": seed, "measure": measure, "difference": d}
                      for seed, d in (part[measure] - base[measure]).items()]
     return pd.DataFrame(rows)
@@ -1537,26 +1538,13 @@ def depth_how_outcomes(records: dict[str, dict], p: dict):
 
 def depth_how_differences(outcomes, reference: str = DEPTH_REFERENCE
                           ) -> dict[tuple[str, str], Estimate]:
-    """(initialiser, measure) -> the paired difference initialiser minus ``reference`` of
-    each measure of :data:`DEPTH_HOW_MEASURES` over the seeds, with its t interval."""
-    out = {}
-    for how, part, base in _against(outcomes, reference):
-        for measure in DEPTH_HOW_MEASURES:
-            out[how, measure] = paired_difference(part[measure], base[measure])
-    return out
+    """:func:`how_differences` of the depth initialisers' :data:`DEPTH_HOW_MEASURES`."""
+    return how_differences(outcomes, reference, DEPTH_HOW_MEASURES)
 
 
 def depth_how_difference_rows(outcomes, reference: str = DEPTH_REFERENCE):
-    """The per-seed differences against ``reference`` in long form (initialiser, seed,
-    measure, difference), for a point plot of the paired differences."""
-    import pandas as pd
-
-    rows = []
-    for how, part, base in _against(outcomes, reference):
-        for measure in DEPTH_HOW_MEASURES:
-            rows += [{"initialiser": how, "seed": seed, "measure": measure, "difference": d}
-                     for seed, d in (part[measure] - base[measure]).items()]
-    return pd.DataFrame(rows)
+    """:func:`how_difference_rows` of the depth initialisers' :data:`DEPTH_HOW_MEASURES`."""
+    return how_difference_rows(outcomes, reference, DEPTH_HOW_MEASURES)
 
 
 def function_preservation(outcomes) -> dict[str, dict]:
