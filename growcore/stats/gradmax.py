@@ -427,8 +427,10 @@ def singular_directions(G: torch.Tensor, k: int, solver: str = "svd"
         return U, S
     if solver == "gram":
         return _gram_directions(G)
-    if solver in ("lowrank", "krylov"):
-        return _lowrank_directions(G, k, solver == "krylov")
+    if solver == "lowrank":
+        return _lowrank_directions(G, k)
+    if solver == "krylov":
+        return _krylov_directions(G, k)
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
 
 
@@ -444,24 +446,22 @@ def _gram_directions(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _oriented(G @ vectors[:, resolved] / S[resolved]), S[resolved]
 
 
-def _lowrank_directions(G: torch.Tensor, k: int, objective: bool = False
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``"lowrank"`` solver of :func:`singular_directions` (``objective=True``:
-    ``"krylov"``): Rayleigh-Ritz on a block Krylov space of ``G G^T``, grown until the top
-    ``k`` Ritz triplets converge (:data:`LOWRANK_RESIDUAL`, checked every
-    :data:`LOWRANK_DEPTH` blocks) or their objective does (:data:`KRYLOV_TOLERANCE`, every
-    :data:`KRYLOV_CHECK` blocks), or the space holds ``min(m, n)`` columns.
-
-    ``"lowrank"`` orthonormalises each block alone (QR) and the whole space at a check;
-    ``"krylov"`` keeps the space orthonormal as it grows (block Gram-Schmidt, twice) and the
-    products ``G^T Q`` it needs for the next block, so that a check costs only the small
-    Gram matrix ``(G^T Q)^T (G^T Q)``."""
+def _start_block(G: torch.Tensor, k: int) -> torch.Tensor:
+    """The first block of the Krylov solvers: ``G Omega`` orthonormalised, ``Omega`` the
+    fixed draw of ``q = k + LOWRANK_OVERSAMPLING`` random directions (at most ``min(m, n)``)."""
     q = min(k + LOWRANK_OVERSAMPLING, *G.shape)
     generator = torch.Generator().manual_seed(LOWRANK_SEED)
     start = torch.randn(G.shape[1], q, generator=generator, dtype=G.dtype).to(G.device)
-    if objective:
-        return _krylov_directions(G, k, torch.linalg.qr(G @ start).Q)
-    blocks = [torch.linalg.qr(G @ start).Q]
+    return torch.linalg.qr(G @ start).Q
+
+
+def _lowrank_directions(G: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``"lowrank"`` solver of :func:`singular_directions`: Rayleigh-Ritz on a block
+    Krylov space of ``G G^T``, each block orthonormalised (QR) before the next product and
+    the whole space at a check, grown by :data:`LOWRANK_DEPTH` blocks until the top ``k``
+    Ritz triplets converge (:data:`LOWRANK_RESIDUAL`) or it holds ``min(m, n)`` columns."""
+    blocks = [_start_block(G, k)]
+    q = blocks[0].shape[1]
     while True:
         depth, full = len(blocks) - 1, len(blocks) * q >= min(G.shape)
         if full or (depth > 0 and depth % LOWRANK_DEPTH == 0):
@@ -471,9 +471,13 @@ def _lowrank_directions(G: torch.Tensor, k: int, objective: bool = False
         blocks.append(torch.linalg.qr(G @ (G.T @ blocks[-1])).Q)
 
 
-def _krylov_directions(G: torch.Tensor, k: int, block: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``"krylov"`` iteration of :func:`_lowrank_directions` from its first ``block``."""
+def _krylov_directions(G: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``"krylov"`` solver of :func:`singular_directions`: the block Krylov space of
+    ``"lowrank"``, kept orthonormal as it grows (block Gram-Schmidt, twice) with the products
+    ``G^T Q`` the next block needs, so that a check of the objective (every
+    :data:`KRYLOV_CHECK` blocks, :data:`KRYLOV_TOLERANCE`) costs only the small Gram matrix
+    ``(G^T Q)^T (G^T Q)``; stopped there, or once the space holds ``min(m, n)`` columns."""
+    block = _start_block(G, k)
     q, rank = block.shape[1], min(G.shape)
     basis, products, reached = block, G.T @ block, 0.0  # products = G^T basis
     while True:
